@@ -1,0 +1,163 @@
+//! The gateway proper: accept, handshake, check the credential, log in upstream, relay.
+//!
+//! One connection flows through [`session::handle`]: [`handshake`] (TLS, startup packet) →
+//! [`auth`] (the credential) → [`upstream`] (the gateway's own login to the target) →
+//! [`relay`] (frames both ways, each shown to the recorder tap). [`registry`] holds live
+//! sessions for cancel requests and for stopping sessions whose credential was revoked.
+
+pub mod auth;
+pub mod framed;
+pub mod handshake;
+pub mod registry;
+pub mod relay;
+pub mod session;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::credential::CredentialSigner;
+use crate::keys::SecretBox;
+use crate::record::Recorder;
+use crate::store::{EndReason, Store};
+use registry::{Registry, StopOrder};
+
+/// What the gateway needs from the rest of pgbastion.
+pub struct Services {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub signer: Arc<CredentialSigner>,
+    pub secrets: Arc<SecretBox>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub recorder: Arc<dyn Recorder>,
+}
+
+/// State shared by all connections of one gateway process.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub signer: Arc<CredentialSigner>,
+    pub secrets: Arc<SecretBox>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub recorder: Arc<dyn Recorder>,
+    pub registry: Arc<Registry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot accept connections: {0}")]
+    Accept(#[source] std::io::Error),
+}
+
+/// Connections beyond `max_connections` still get a proper "too many connections" error, but
+/// only this many such refusals run at once; past that they are closed without a word.
+const MAX_CONCURRENT_REFUSALS: usize = 64;
+/// How long sessions get to end after shutdown asked them to.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Revocations are looked for this far back on every poll, so gateways whose clocks differ a
+/// little, and sessions registered while a poll ran, are still caught.
+const REVOCATION_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+
+/// Serves gateway connections on `listener` until `shutdown` completes, then ends live sessions
+/// (clients get a FATAL saying why) and waits for them to finish.
+pub async fn serve(
+    listener: TcpListener,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ProxyError> {
+    let shared = Arc::new(Shared {
+        registry: Arc::new(Registry::default()),
+        config: services.config,
+        store: services.store,
+        signer: services.signer,
+        secrets: services.secrets,
+        tls: services.tls,
+        recorder: services.recorder,
+    });
+    let slots = Arc::new(Semaphore::new(shared.config.gateway.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
+    let tasks = TaskTracker::new();
+    let stop_watching = CancellationToken::new();
+    tokio::spawn(watch_revocations(shared.clone(), stop_watching.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) if is_transient(&e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(ProxyError::Accept(e)),
+            },
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tasks.spawn(session::handle(tcp, peer, shared.clone(), permit));
+            }
+            Err(_) => {
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    tasks.spawn(session::refuse_busy(tcp, shared.clone(), permit));
+                }
+            }
+        }
+    }
+    stop_watching.cancel();
+    let order = StopOrder { reason: EndReason::GatewayShutdown, message: "pgbastion gateway is shutting down".into() };
+    let stopped = shared.registry.stop_all(&order);
+    tracing::info!(sessions = stopped, "shutting down");
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("some sessions did not end within {SHUTDOWN_GRACE:?}");
+    }
+    Ok(())
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    !matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied)
+}
+
+/// Polls the store for revoked credentials and stops their live sessions here. Works across
+/// gateway processes sharing one store.
+async fn watch_revocations(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = Duration::from_millis(shared.config.gateway.revocation_poll_millis.max(50));
+    let mut last_ok = Utc::now();
+    let order = StopOrder {
+        reason: EndReason::Revoked,
+        message: "terminating connection because its pgbastion credential was revoked".into(),
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if shared.registry.is_empty() {
+            last_ok = Utc::now();
+            continue;
+        }
+        let started = Utc::now();
+        match shared.store.revoked_since(last_ok - REVOCATION_OVERLAP).await {
+            Ok(ids) => {
+                for id in ids {
+                    let n = shared.registry.stop_credential(id, &order);
+                    if n > 0 {
+                        tracing::info!(credential = %id, sessions = n, "credential revoked; ending its sessions");
+                    }
+                }
+                last_ok = started;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot poll for revoked credentials"),
+        }
+    }
+}

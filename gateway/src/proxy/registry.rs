@@ -1,0 +1,179 @@
+//! Live sessions of this gateway process: their cancel keys and their stop switches.
+//!
+//! The gateway hands each client its own (process id, secret) pair, so a client never learns the
+//! upstream backend's key, and a CancelRequest is routed to the right server with the upstream
+//! key. Stop switches end sessions whose credential was revoked, that an admin terminated, or
+//! that are still running at shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::store::{EndReason, Target};
+
+/// Why the gateway ends a session, and what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopOrder {
+    pub reason: EndReason,
+    pub message: String,
+}
+
+struct LiveSession {
+    session_id: Uuid,
+    credential_id: Uuid,
+    secret_key: i32,
+    target: Arc<Target>,
+    upstream_key: Option<(i32, i32)>,
+    stop: watch::Sender<Option<StopOrder>>,
+}
+
+/// The handle a session keeps; dropping it removes the session from the registry.
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub process_id: i32,
+    pub secret_key: i32,
+    pub stop: watch::Receiver<Option<StopOrder>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.sessions.lock().expect("registry lock").remove(&self.process_id);
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<i32, LiveSession>>,
+}
+
+impl Registry {
+    /// Registers a session with a fresh random cancel key.
+    pub fn register(
+        self: &Arc<Self>,
+        session_id: Uuid,
+        credential_id: Uuid,
+        target: Arc<Target>,
+        upstream_key: Option<(i32, i32)>,
+    ) -> Registration {
+        let (stop, stop_rx) = watch::channel(None);
+        let mut rng = rand::thread_rng();
+        let secret_key: i32 = rng.r#gen();
+        let mut sessions = self.sessions.lock().expect("registry lock");
+        let process_id = loop {
+            // Positive, like real backend pids, and unique among live sessions.
+            let pid = rng.gen_range(1..i32::MAX);
+            if !sessions.contains_key(&pid) {
+                break pid;
+            }
+        };
+        sessions.insert(
+            process_id,
+            LiveSession { session_id, credential_id, secret_key, target, upstream_key, stop },
+        );
+        Registration { registry: self.clone(), process_id, secret_key, stop: stop_rx }
+    }
+
+    /// The target and upstream key to cancel for this client key, if it matches a live session.
+    pub fn cancel_route(&self, process_id: i32, secret_key: i32) -> Option<(Arc<Target>, (i32, i32))> {
+        let sessions = self.sessions.lock().expect("registry lock");
+        let s = sessions.get(&process_id)?;
+        // Constant-time comparison: the secret is the only thing that authorises a cancel.
+        let diff = (s.secret_key ^ secret_key) as u32;
+        if diff != 0 {
+            return None;
+        }
+        Some((s.target.clone(), s.upstream_key?))
+    }
+
+    /// Stops every live session holding this credential; returns how many.
+    pub fn stop_credential(&self, credential_id: Uuid, order: &StopOrder) -> usize {
+        self.stop_where(|s| s.credential_id == credential_id, order)
+    }
+
+    /// Stops one session by id; returns whether it was live here.
+    pub fn stop_session(&self, session_id: Uuid, order: &StopOrder) -> bool {
+        self.stop_where(|s| s.session_id == session_id, order) > 0
+    }
+
+    pub fn stop_all(&self, order: &StopOrder) -> usize {
+        self.stop_where(|_| true, order)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("registry lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn stop_where(&self, pred: impl Fn(&LiveSession) -> bool, order: &StopOrder) -> usize {
+        let sessions = self.sessions.lock().expect("registry lock");
+        let mut n = 0;
+        for s in sessions.values().filter(|s| pred(s)) {
+            s.stop.send_if_modified(|current| {
+                // The first order wins: a revoked session stays "revoked" at shutdown.
+                if current.is_none() {
+                    *current = Some(order.clone());
+                    true
+                } else {
+                    false
+                }
+            });
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::UpstreamTls;
+
+    fn target() -> Arc<Target> {
+        Arc::new(Target {
+            id: Uuid::new_v4(),
+            name: "shop".into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "shop".into(),
+            tls_mode: UpstreamTls::Disable,
+            ca_pem: None,
+            upstream_user: "app".into(),
+            upstream_secret_sealed: None,
+            enabled: true,
+            created_at: chrono::Utc::now(),
+        })
+    }
+
+    #[test]
+    fn cancel_needs_the_right_secret() {
+        let registry = Arc::new(Registry::default());
+        let reg = registry.register(Uuid::new_v4(), Uuid::new_v4(), target(), Some((42, 4242)));
+        assert!(registry.cancel_route(reg.process_id, reg.secret_key.wrapping_add(1)).is_none());
+        let (_, key) = registry.cancel_route(reg.process_id, reg.secret_key).unwrap();
+        assert_eq!(key, (42, 4242));
+        drop(reg);
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn revoking_a_credential_stops_only_its_sessions() {
+        let registry = Arc::new(Registry::default());
+        let cred = Uuid::new_v4();
+        let a = registry.register(Uuid::new_v4(), cred, target(), None);
+        let b = registry.register(Uuid::new_v4(), Uuid::new_v4(), target(), None);
+        let order = StopOrder { reason: EndReason::Revoked, message: "revoked".into() };
+        assert_eq!(registry.stop_credential(cred, &order), 1);
+        assert_eq!(a.stop.borrow().as_ref(), Some(&order));
+        assert!(b.stop.borrow().is_none());
+        let shutdown = StopOrder { reason: EndReason::GatewayShutdown, message: "bye".into() };
+        registry.stop_all(&shutdown);
+        assert_eq!(a.stop.borrow().as_ref(), Some(&order), "first order wins");
+        assert_eq!(b.stop.borrow().as_ref(), Some(&shutdown));
+    }
+}

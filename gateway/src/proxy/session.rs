@@ -1,0 +1,374 @@
+//! One client connection from accept to close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use chrono::Utc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, timeout_at};
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+use super::Shared;
+use super::auth::{self, Authorized};
+use super::handshake::{self, ClientStream, Opening};
+use super::registry::StopOrder;
+use super::relay::{Relay, RelayEnd, RelayError};
+use super::upstream::{self, Upstream, UpstreamError};
+use crate::protocol::backend::{self, ErrorMessage};
+use crate::protocol::startup::StartupMessage;
+use crate::protocol::{ProtocolError, frontend};
+use crate::record::SessionInfo;
+use crate::store::{EndReason, NewSession, SessionEnd};
+
+/// Serves one accepted connection. `_permit` holds its slot under `max_connections`.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+    let _ = tcp.set_nodelay(true);
+    let gw = &shared.config.gateway;
+    let deadline = Instant::now() + Duration::from_secs(gw.auth_timeout_secs);
+    let opening = match timeout_at(deadline, handshake::open(tcp, &shared.tls, gw.max_startup_packet_bytes)).await {
+        Ok(Ok(opening)) => opening,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection refused during startup");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "startup timed out");
+            return;
+        }
+    };
+    match opening {
+        Opening::Cancel { process_id, secret_key } => cancel(&shared, process_id, secret_key).await,
+        Opening::Session { mut stream, startup } => {
+            let span = info_span!("session", %peer, user = startup.param("user").unwrap_or_default());
+            async {
+                if let Err(refusal) = check_startup(&startup) {
+                    handshake::refuse(&mut *stream, &refusal).await;
+                    return;
+                }
+                let mut buf = BytesMut::new();
+                let authorized =
+                    match timeout_at(deadline, auth::authenticate(&mut stream, &mut buf, &startup, &shared)).await {
+                        Ok(Ok(a)) => a,
+                        Ok(Err(refusal)) => {
+                            info!(reason = %refusal.log, "authentication refused");
+                            handshake::refuse(&mut *stream, &refusal.error).await;
+                            return;
+                        }
+                        Err(_) => {
+                            info!("authentication timed out");
+                            let error = ErrorMessage::fatal("08006", "authentication timed out");
+                            handshake::refuse(&mut *stream, &error).await;
+                            return;
+                        }
+                    };
+                run(stream, buf, startup, authorized, peer, deadline, &shared).await;
+            }
+            .instrument(span)
+            .await
+        }
+    }
+}
+
+/// Answers a connection over the limit with PostgreSQL's "too many clients" error, over TLS.
+pub async fn refuse_busy(tcp: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let opening = timeout_at(deadline, handshake::open(tcp, &shared.tls, shared.config.gateway.max_startup_packet_bytes));
+    if let Ok(Ok(Opening::Session { mut stream, .. })) = opening.await {
+        let error = ErrorMessage::fatal(
+            "53300",
+            format!(
+                "sorry, too many clients already: the gateway allows {} connections",
+                shared.config.gateway.max_connections
+            ),
+        );
+        handshake::refuse(&mut *stream, &error).await;
+    }
+}
+
+/// Checks what the StartupMessage asks for before asking for a password.
+fn check_startup(startup: &StartupMessage) -> Result<(), ErrorMessage> {
+    if startup.param("user").is_none_or(str::is_empty) {
+        return Err(ErrorMessage::fatal("28000", "no PostgreSQL user name specified in startup packet"));
+    }
+    if let Some(mode) = startup.param("replication").filter(|v| !matches!(*v, "false" | "off" | "no" | "0")) {
+        return Err(ErrorMessage::fatal(
+            "0A000",
+            format!("replication connections (replication={mode}) are not supported through pgbastion"),
+        ));
+    }
+    Ok(())
+}
+
+/// Startup parameters for the upstream login: the client's own (application_name, options,
+/// client_encoding, DateStyle, ...) unchanged, with user and database replaced by the target's,
+/// and the person's identity, the session id and the granted role appended to `options` (later
+/// `-c` settings win, so a client cannot override them there).
+fn upstream_params(startup: &StartupMessage, a: &Authorized, session_id: Uuid) -> Vec<(String, String)> {
+    let mut params = vec![
+        ("user".to_string(), a.target.upstream_user.clone()),
+        ("database".to_string(), a.target.database.clone()),
+    ];
+    let mut options = String::new();
+    for (k, v) in &startup.params {
+        match k.as_str() {
+            "user" | "database" | "replication" => {}
+            k if k.starts_with("_pq_.") => {}
+            "options" => options.push_str(v),
+            _ => params.push((k.clone(), v.clone())),
+        }
+    }
+    for (name, value) in [
+        ("pgbastion.identity", a.credential.person_login.as_str()),
+        ("pgbastion.session_id", &session_id.to_string()),
+        ("pgbastion.credential_id", &a.credential.id.to_string()),
+        ("role", a.credential.db_role.as_str()),
+    ] {
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str("-c ");
+        options.push_str(name);
+        options.push('=');
+        options.push_str(&escape_option(value));
+    }
+    params.push(("options".to_string(), options));
+    params
+}
+
+/// Escapes a value for the `options` startup parameter (space and backslash are special).
+fn escape_option(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c == ' ' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `_pq_.` protocol options a client asked for; the gateway supports none of them.
+fn protocol_options(startup: &StartupMessage) -> Vec<&str> {
+    startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect()
+}
+
+async fn run(
+    mut client: Box<ClientStream>,
+    client_buf: BytesMut,
+    startup: StartupMessage,
+    authorized: Authorized,
+    peer: SocketAddr,
+    deadline: Instant,
+    shared: &Shared,
+) {
+    let session_id = Uuid::new_v4();
+    let credential = &authorized.credential;
+    let target = authorized.target.clone();
+    let started = NewSession {
+        id: session_id,
+        person_login: credential.person_login.clone(),
+        target_id: target.id,
+        target_name: target.name.clone(),
+        db_role: credential.db_role.clone(),
+        credential_id: credential.id,
+        client_addr: peer.to_string(),
+        application_name: startup.param("application_name").map(str::to_owned),
+        tls_version: handshake::tls_version(&client),
+        started_at: Utc::now(),
+    };
+    if let Err(e) = shared.store.insert_session(&started).await {
+        warn!(error = %e, "cannot store the session; refusing it");
+        let error = ErrorMessage::fatal("57P03", "the gateway cannot record sessions right now; try again shortly");
+        handshake::refuse(&mut *client, &error).await;
+        return;
+    }
+    info!(session = %session_id, person = %credential.person_login, target = %target.name, role = %credential.db_role, "session started");
+    let end = |reason, detail: Option<String>, bytes: (u64, u64)| SessionEnd {
+        ended_at: Utc::now(),
+        reason,
+        detail,
+        bytes_client_to_server: bytes.0 as i64,
+        bytes_server_to_client: bytes.1 as i64,
+    };
+
+    let upstream = match timeout_at(deadline.min(upstream_deadline(shared)), login_upstream(&startup, &authorized, session_id, shared)).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => {
+            fail_upstream(&mut client, &target.name, &e.to_string(), user_facing(&e)).await;
+            finish(shared, session_id, end(EndReason::UpstreamFailed, Some(e.to_string()), (0, 0))).await;
+            return;
+        }
+        Err(_) => {
+            let detail = "login to the target timed out".to_string();
+            fail_upstream(&mut client, &target.name, &detail, "the target did not answer in time").await;
+            finish(shared, session_id, end(EndReason::UpstreamFailed, Some(detail), (0, 0))).await;
+            return;
+        }
+    };
+    let Upstream { stream: mut server, backend_key, welcome, leftover } = upstream;
+    let mut registration = shared.registry.register(session_id, credential.id, target.clone(), backend_key);
+
+    // Login complete: AuthenticationOk, the server's parameters, our own cancel key, then the
+    // server's ReadyForQuery (always the last 6 bytes of `welcome`).
+    let mut hello = BytesMut::with_capacity(welcome.len() + 32);
+    let unsupported = protocol_options(&startup);
+    if startup.minor > 0 || !unsupported.is_empty() {
+        backend::negotiate_protocol_version(&mut hello, &unsupported);
+    }
+    backend::authentication_ok(&mut hello);
+    let (params, ready) = welcome.split_at(welcome.len() - 6);
+    hello.extend_from_slice(params);
+    backend::backend_key_data(&mut hello, registration.process_id, registration.secret_key);
+    hello.extend_from_slice(ready);
+    if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
+        finish(shared, session_id, end(EndReason::ClientQuit, Some("client left during login".into()), (0, 0))).await;
+        return;
+    }
+
+    let info = SessionInfo {
+        session_id,
+        credential_id: credential.id,
+        person_login: credential.person_login.clone(),
+        target_name: target.name.clone(),
+        db_role: credential.db_role.clone(),
+        client_addr: peer,
+        application_name: started.application_name.clone(),
+        tls_version: started.tls_version.clone(),
+    };
+    let mut tap = shared.recorder.start(&info);
+    let mut relay = Relay::new(shared.config.gateway.max_client_message_bytes, client_buf, leftover);
+    let outcome = tokio::select! {
+        biased;
+        order = registration.stop.wait_for(Option::is_some) => {
+            Err(order.map(|o| o.clone().expect("waited for Some")).unwrap_or(StopOrder {
+                reason: EndReason::Error,
+                message: "gateway stopped".into(),
+            }))
+        }
+        end = relay.run(&mut *client, &mut server, &mut tap) => Ok(end),
+    };
+    let (reason, detail) = match outcome {
+        Ok(relay_end) => conclude(relay_end, &mut relay, &mut client).await,
+        Err(order) => {
+            let error = ErrorMessage::fatal("57P01", order.message.clone());
+            let _ = relay.close_client_with(&mut *client, &error).await;
+            (order.reason, Some(order.message))
+        }
+    };
+    if !relay.client_said_goodbye() {
+        // Tell the server goodbye so it logs a clean disconnect, not a lost client.
+        let mut bye = BytesMut::new();
+        frontend::terminate(&mut bye);
+        let _ = server.write_all(&bye).await;
+    }
+    let _ = server.shutdown().await;
+    let session_end = end(reason, detail, relay.bytes());
+    if let Some(tap) = tap.take() {
+        tap.end(&session_end);
+    }
+    drop(registration);
+    info!(session = %session_id, reason = reason.as_str(), "session ended");
+    finish(shared, session_id, session_end).await;
+}
+
+fn upstream_deadline(shared: &Shared) -> Instant {
+    Instant::now() + Duration::from_secs(shared.config.gateway.upstream_connect_timeout_secs)
+}
+
+async fn login_upstream(
+    startup: &StartupMessage,
+    a: &Authorized,
+    session_id: Uuid,
+    shared: &Shared,
+) -> Result<Upstream, UpstreamError> {
+    let secret = match &a.target.upstream_secret_sealed {
+        Some(sealed) => {
+            let plain = shared.secrets.open(sealed).map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
+            Some(String::from_utf8(plain).map_err(|_| UpstreamError::TlsConfig("upstream secret is not UTF-8".into()))?)
+        }
+        None => None,
+    };
+    upstream::login(&a.target, secret.as_deref(), &upstream_params(startup, a, session_id)).await
+}
+
+/// The part of an upstream failure a person may see: it names no host, user or secret.
+fn user_facing(e: &UpstreamError) -> &'static str {
+    match e {
+        UpstreamError::Connect { .. } => "the target's server is unreachable",
+        UpstreamError::Refused { .. } => "the target's server refused the gateway's login",
+        UpstreamError::TlsRefused(_) | UpstreamError::Tls(_) | UpstreamError::TlsConfig(_) => {
+            "the gateway cannot set up a secure connection to the target"
+        }
+        _ => "the gateway could not log in to the target",
+    }
+}
+
+async fn fail_upstream(client: &mut ClientStream, target: &str, detail: &str, shown: &str) {
+    warn!(target, error = detail, "upstream login failed");
+    let error = ErrorMessage::fatal("08001", format!("cannot connect to target \"{target}\": {shown}"))
+        .with_hint("an admin can see the cause in the session record and the gateway log");
+    handshake::refuse(client, &error).await;
+}
+
+/// Turns how the relay ended into an end reason, telling the client about protocol errors.
+async fn conclude(end: RelayEnd, relay: &mut Relay, client: &mut ClientStream) -> (EndReason, Option<String>) {
+    match end {
+        RelayEnd::ClientClosed { said_goodbye: true } => (EndReason::ClientQuit, None),
+        RelayEnd::ClientClosed { said_goodbye: false } => {
+            (EndReason::ClientQuit, Some("client disconnected without Terminate".into()))
+        }
+        RelayEnd::ServerClosed => (EndReason::ServerClosed, None),
+        RelayEnd::ServerFailed(e) => (EndReason::ServerClosed, Some(format!("server connection failed: {e}"))),
+        RelayEnd::ClientFailed(RelayError::Protocol(e)) => {
+            let code = if matches!(e, ProtocolError::TooLarge { .. }) { "54000" } else { "08P01" };
+            let error = ErrorMessage::fatal(code, format!("invalid message from client: {e}"));
+            let _ = relay.close_client_with(client, &error).await;
+            (EndReason::Error, Some(format!("client broke the protocol: {e}")))
+        }
+        RelayEnd::ClientFailed(e) => (EndReason::ClientQuit, Some(format!("client connection failed: {e}"))),
+    }
+}
+
+async fn finish(shared: &Shared, session_id: Uuid, end: SessionEnd) {
+    if let Err(e) = shared.store.end_session(session_id, &end).await {
+        warn!(session = %session_id, error = %e, "cannot store the end of the session");
+    }
+}
+
+async fn cancel(shared: &Shared, process_id: i32, secret_key: i32) {
+    // Unknown keys are ignored without an answer, as PostgreSQL does.
+    let Some((target, key)) = shared.registry.cancel_route(process_id, secret_key) else {
+        debug!("cancel request with an unknown key");
+        return;
+    };
+    if let Err(e) = upstream::cancel(&target, key).await {
+        warn!(target = %target.name, error = %e, "cannot forward cancel request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_values_are_escaped() {
+        assert_eq!(escape_option(r"a b\c"), r"a\ b\\c");
+    }
+
+    #[test]
+    fn replication_is_refused_and_user_is_required() {
+        let m = |params: &[(&str, &str)]| StartupMessage {
+            major: 3,
+            minor: 0,
+            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        assert_eq!(check_startup(&m(&[("user", "a"), ("replication", "database")])).unwrap_err().code, "0A000");
+        assert!(check_startup(&m(&[("user", "a"), ("replication", "false")])).is_ok());
+        assert_eq!(check_startup(&m(&[("database", "x")])).unwrap_err().code, "28000");
+    }
+}

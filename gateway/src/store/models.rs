@@ -1,0 +1,312 @@
+//! Rows of the store, as the rest of pgbastion sees them (engine-neutral, native types).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A person who can hold credentials. `login` is what they type as the Postgres `user`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Person {
+    pub id: Uuid,
+    pub login: String,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    /// Group names (from the identity provider or set by an admin); grants can name a group.
+    pub groups: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How the gateway protects its connection to the upstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    /// Plain TCP (only for servers on a trusted network or loopback).
+    Disable,
+    /// TLS, without checking the server certificate.
+    Require,
+    /// TLS, certificate checked against the target's CA and host name.
+    VerifyFull,
+}
+
+impl UpstreamTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamTls::Disable => "disable",
+            UpstreamTls::Require => "require",
+            UpstreamTls::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl std::str::FromStr for UpstreamTls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disable" => Ok(UpstreamTls::Disable),
+            "require" => Ok(UpstreamTls::Require),
+            "verify-full" => Ok(UpstreamTls::VerifyFull),
+            other => Err(format!(
+                "unknown upstream TLS mode '{other}': use disable, require or verify-full"
+            )),
+        }
+    }
+}
+
+/// A database that people reach through the gateway. `name` is what they type as `database`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The real database name on the upstream server.
+    pub database: String,
+    pub tls_mode: UpstreamTls,
+    /// PEM CA bundle for `verify-full`.
+    pub ca_pem: Option<String>,
+    /// The login the gateway uses upstream; people never see its secret.
+    pub upstream_user: String,
+    /// The upstream password, sealed with the data directory's secret key (see `keys::SecretBox`).
+    /// `None` for trust or certificate logins.
+    pub upstream_secret_sealed: Option<Vec<u8>>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What a target is created from.
+#[derive(Debug, Clone)]
+pub struct NewTarget {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub tls_mode: UpstreamTls,
+    pub ca_pem: Option<String>,
+    pub upstream_user: String,
+    pub upstream_secret_sealed: Option<Vec<u8>>,
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum GrantSubject {
+    Person(String),
+    Group(String),
+}
+
+/// Permission for a person or group to use a database role on a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: Uuid,
+    pub subject: GrantSubject,
+    pub target_id: Uuid,
+    pub target_name: String,
+    pub db_role: String,
+    /// Upper bound on the lifetime of credentials minted under this grant.
+    pub max_lifetime_secs: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub subject: GrantSubject,
+    pub target_id: Uuid,
+    pub db_role: String,
+    pub max_lifetime_secs: i64,
+}
+
+/// A minted credential (the token itself is never stored, only what it says).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: Uuid,
+    pub person_login: String,
+    pub target_id: Uuid,
+    pub target_name: String,
+    pub db_role: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Why it was requested (free text, shown to auditors).
+    pub reason: Option<String>,
+}
+
+/// Why a gateway session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    ClientQuit,
+    ServerClosed,
+    Revoked,
+    Terminated,
+    GatewayShutdown,
+    UpstreamFailed,
+    Error,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::ClientQuit => "client_quit",
+            EndReason::ServerClosed => "server_closed",
+            EndReason::Revoked => "revoked",
+            EndReason::Terminated => "terminated",
+            EndReason::GatewayShutdown => "gateway_shutdown",
+            EndReason::UpstreamFailed => "upstream_failed",
+            EndReason::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "client_quit" => EndReason::ClientQuit,
+            "server_closed" => EndReason::ServerClosed,
+            "revoked" => EndReason::Revoked,
+            "terminated" => EndReason::Terminated,
+            "gateway_shutdown" => EndReason::GatewayShutdown,
+            "upstream_failed" => EndReason::UpstreamFailed,
+            "error" => EndReason::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// A gateway session as it starts (after the credential was accepted).
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: Uuid,
+    pub person_login: String,
+    pub target_id: Uuid,
+    pub target_name: String,
+    pub db_role: String,
+    pub credential_id: Uuid,
+    pub client_addr: String,
+    pub application_name: Option<String>,
+    pub tls_version: Option<String>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// How a gateway session ended.
+#[derive(Debug, Clone)]
+pub struct SessionEnd {
+    pub ended_at: DateTime<Utc>,
+    pub reason: EndReason,
+    /// A human-readable detail (the upstream error, the admin's reason, ...).
+    pub detail: Option<String>,
+    pub bytes_client_to_server: i64,
+    pub bytes_server_to_client: i64,
+}
+
+/// A gateway session as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub person_login: String,
+    pub target_id: Uuid,
+    pub target_name: String,
+    pub db_role: String,
+    pub credential_id: Uuid,
+    pub client_addr: String,
+    pub application_name: Option<String>,
+    pub tls_version: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<EndReason>,
+    pub end_detail: Option<String>,
+    pub bytes_client_to_server: i64,
+    pub bytes_server_to_client: i64,
+}
+
+impl GrantSubject {
+    /// The stored `subject_kind`: "person" or "group".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GrantSubject::Person(_) => "person",
+            GrantSubject::Group(_) => "group",
+        }
+    }
+
+    /// The login or group name.
+    pub fn name(&self) -> &str {
+        match self {
+            GrantSubject::Person(name) | GrantSubject::Group(name) => name,
+        }
+    }
+
+    /// Rebuilds a subject from its stored kind and name; `None` for an unknown kind.
+    pub fn from_parts(kind: &str, name: String) -> Option<Self> {
+        match kind {
+            "person" => Some(GrantSubject::Person(name)),
+            "group" => Some(GrantSubject::Group(name)),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for GrantSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind(), self.name())
+    }
+}
+
+// --- Helpers shared by the two engines (column values back into models, errors) ---
+//
+// The migrations' CHECK constraints make these failures unlikely; they exist so that a row
+// edited by hand surfaces as `Corrupt` naming the column, not as a panic.
+
+pub(super) fn decode_tls_mode(value: &str) -> super::StoreResult<UpstreamTls> {
+    value
+        .parse()
+        .map_err(|_| super::StoreError::Corrupt(format!("targets.tls_mode is '{value}'")))
+}
+
+pub(super) fn decode_port(value: i64) -> super::StoreResult<u16> {
+    u16::try_from(value)
+        .map_err(|_| super::StoreError::Corrupt(format!("targets.port is {value}")))
+}
+
+pub(super) fn decode_subject(kind: &str, name: String) -> super::StoreResult<GrantSubject> {
+    GrantSubject::from_parts(kind, name)
+        .ok_or_else(|| super::StoreError::Corrupt(format!("grants.subject_kind is '{kind}'")))
+}
+
+pub(super) fn decode_end_reason(value: Option<&str>) -> super::StoreResult<Option<EndReason>> {
+    value
+        .map(|v| {
+            EndReason::parse(v)
+                .ok_or_else(|| super::StoreError::Corrupt(format!("sessions.end_reason is '{v}'")))
+        })
+        .transpose()
+}
+
+/// A unique violation becomes `Duplicate` (something the user can fix by choosing another
+/// name); any other failure stays a query error.
+pub(super) fn duplicate_or_query(
+    err: sqlx::Error,
+    what: &'static str,
+    name: impl Into<String>,
+) -> super::StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => super::StoreError::Duplicate {
+            what,
+            name: name.into(),
+        },
+        _ => super::StoreError::Query(err),
+    }
+}
+
+/// A foreign-key violation on a grant means its target is gone (removed concurrently).
+pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// The name a duplicate grant is reported under, e.g. "group dba as role admin on prod".
+pub(super) fn grant_label(grant: &NewGrant, target_name: &str) -> String {
+    format!("{} as role {} on {target_name}", grant.subject, grant.db_role)
+}
+
+/// The current time at the precision both engines keep (microseconds, like PostgreSQL), so a
+/// row returned by an insert equals the row read back later.
+pub(super) fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    Utc::now().trunc_subsecs(6)
+}

@@ -1,0 +1,515 @@
+//! The PostgreSQL engine, for production and for several gateways sharing one store.
+//!
+//! Sharing is safe because every operation is one statement whose effect does not depend on
+//! what the process read before (upserts with ON CONFLICT, COALESCE for first-wins columns,
+//! constraints for uniqueness), and because sqlx serialises concurrent migrations with a
+//! PostgreSQL advisory lock taken before it even creates its bookkeeping table.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use uuid::Uuid;
+
+use super::models::{
+    decode_end_reason, decode_port, decode_subject, decode_tls_mode, duplicate_or_query,
+    grant_label, is_foreign_key_violation, now,
+};
+use super::{
+    Credential, Grant, NewGrant, NewSession, NewTarget, Person, Session, SessionEnd, Store,
+    StoreError, StoreResult, Target,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Connections per gateway process; the store is touched at connection set-up and by the
+/// console, not per relayed message, so a few are plenty.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long an operation waits for a free connection before failing (instead of hanging the
+/// client's login when the store is down).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Column lists, shared by the queries that return whole rows (macros, because `concat!` needs
+/// literals and `sqlx::query` needs a `&'static str`).
+macro_rules! person_columns {
+    () => {
+        "id, login, display_name, email, groups, created_at"
+    };
+}
+macro_rules! target_columns {
+    () => {
+        "id, name, host, port, database, tls_mode, ca_pem, upstream_user, \
+         upstream_secret_sealed, enabled, created_at"
+    };
+}
+macro_rules! grant_select {
+    () => {
+        "SELECT g.id, g.subject_kind, g.subject_name, g.target_id, t.name AS target_name, \
+         g.db_role, g.max_lifetime_secs, g.created_at \
+         FROM grants g JOIN targets t ON t.id = g.target_id "
+    };
+}
+macro_rules! credential_columns {
+    () => {
+        "id, person_login, target_id, target_name, db_role, issued_at, expires_at, revoked_at, \
+         reason"
+    };
+}
+macro_rules! session_columns {
+    () => {
+        "id, person_login, target_id, target_name, db_role, credential_id, client_addr, \
+         application_name, tls_version, started_at, ended_at, end_reason, end_detail, \
+         bytes_client_to_server, bytes_server_to_client"
+    };
+}
+
+/// The store in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://USER@HOST:PORT/DB`) and runs the migrations. Safe to call
+    /// from several processes at once on the same database.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let options =
+            PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(url.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(StoreError::Connect)?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn person_from_row(row: &PgRow) -> StoreResult<Person> {
+    Ok(Person {
+        id: row.try_get("id")?,
+        login: row.try_get("login")?,
+        display_name: row.try_get("display_name")?,
+        email: row.try_get("email")?,
+        groups: row.try_get("groups")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn target_from_row(row: &PgRow) -> StoreResult<Target> {
+    Ok(Target {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        host: row.try_get("host")?,
+        port: decode_port(i64::from(row.try_get::<i32, _>("port")?))?,
+        database: row.try_get("database")?,
+        tls_mode: decode_tls_mode(row.try_get("tls_mode")?)?,
+        ca_pem: row.try_get("ca_pem")?,
+        upstream_user: row.try_get("upstream_user")?,
+        upstream_secret_sealed: row.try_get("upstream_secret_sealed")?,
+        enabled: row.try_get("enabled")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn grant_from_row(row: &PgRow) -> StoreResult<Grant> {
+    Ok(Grant {
+        id: row.try_get("id")?,
+        subject: decode_subject(row.try_get("subject_kind")?, row.try_get("subject_name")?)?,
+        target_id: row.try_get("target_id")?,
+        target_name: row.try_get("target_name")?,
+        db_role: row.try_get("db_role")?,
+        max_lifetime_secs: row.try_get("max_lifetime_secs")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn credential_from_row(row: &PgRow) -> StoreResult<Credential> {
+    Ok(Credential {
+        id: row.try_get("id")?,
+        person_login: row.try_get("person_login")?,
+        target_id: row.try_get("target_id")?,
+        target_name: row.try_get("target_name")?,
+        db_role: row.try_get("db_role")?,
+        issued_at: row.try_get("issued_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        reason: row.try_get("reason")?,
+    })
+}
+
+fn session_from_row(row: &PgRow) -> StoreResult<Session> {
+    Ok(Session {
+        id: row.try_get("id")?,
+        person_login: row.try_get("person_login")?,
+        target_id: row.try_get("target_id")?,
+        target_name: row.try_get("target_name")?,
+        db_role: row.try_get("db_role")?,
+        credential_id: row.try_get("credential_id")?,
+        client_addr: row.try_get("client_addr")?,
+        application_name: row.try_get("application_name")?,
+        tls_version: row.try_get("tls_version")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        end_reason: decode_end_reason(row.try_get("end_reason")?)?,
+        end_detail: row.try_get("end_detail")?,
+        bytes_client_to_server: row.try_get("bytes_client_to_server")?,
+        bytes_server_to_client: row.try_get("bytes_server_to_client")?,
+    })
+}
+
+fn rows<T>(rows: Vec<PgRow>, decode: fn(&PgRow) -> StoreResult<T>) -> StoreResult<Vec<T>> {
+    rows.iter().map(decode).collect()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn upsert_person(
+        &self,
+        login: &str,
+        display_name: Option<&str>,
+        email: Option<&str>,
+        groups: &[String],
+    ) -> StoreResult<Person> {
+        // One statement, so two gateways logging in the same new person cannot both insert.
+        let row = sqlx::query(concat!(
+            "INSERT INTO people (id, login, display_name, email, groups, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (login) DO UPDATE SET display_name = excluded.display_name, \
+             email = excluded.email, groups = excluded.groups \
+             RETURNING ",
+            person_columns!()
+        ))
+        .bind(Uuid::new_v4())
+        .bind(login)
+        .bind(display_name)
+        .bind(email)
+        .bind(groups)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?;
+        person_from_row(&row)
+    }
+
+    async fn person_by_login(&self, login: &str) -> StoreResult<Option<Person>> {
+        sqlx::query(concat!("SELECT ", person_columns!(), " FROM people WHERE login = $1"))
+            .bind(login)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(person_from_row)
+            .transpose()
+    }
+
+    async fn list_people(&self) -> StoreResult<Vec<Person>> {
+        let all = sqlx::query(concat!("SELECT ", person_columns!(), " FROM people ORDER BY login"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows(all, person_from_row)
+    }
+
+    async fn add_target(&self, target: &NewTarget) -> StoreResult<Target> {
+        let row = sqlx::query(concat!(
+            "INSERT INTO targets (id, name, host, port, database, tls_mode, ca_pem, \
+             upstream_user, upstream_secret_sealed, enabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true, $10) RETURNING ",
+            target_columns!()
+        ))
+        .bind(Uuid::new_v4())
+        .bind(&target.name)
+        .bind(&target.host)
+        .bind(i32::from(target.port))
+        .bind(&target.database)
+        .bind(target.tls_mode.as_str())
+        .bind(&target.ca_pem)
+        .bind(&target.upstream_user)
+        .bind(&target.upstream_secret_sealed)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| duplicate_or_query(e, "target", &target.name))?;
+        target_from_row(&row)
+    }
+
+    async fn target_by_name(&self, name: &str) -> StoreResult<Option<Target>> {
+        sqlx::query(concat!("SELECT ", target_columns!(), " FROM targets WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(target_from_row)
+            .transpose()
+    }
+
+    async fn target_by_id(&self, id: Uuid) -> StoreResult<Option<Target>> {
+        sqlx::query(concat!("SELECT ", target_columns!(), " FROM targets WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(target_from_row)
+            .transpose()
+    }
+
+    async fn list_targets(&self) -> StoreResult<Vec<Target>> {
+        let all = sqlx::query(concat!("SELECT ", target_columns!(), " FROM targets ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows(all, target_from_row)
+    }
+
+    async fn remove_target(&self, name: &str) -> StoreResult<bool> {
+        // Grants go with it (ON DELETE CASCADE); credentials and sessions have no foreign key.
+        let done = sqlx::query("DELETE FROM targets WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn add_grant(&self, grant: &NewGrant) -> StoreResult<Grant> {
+        let target_missing = || StoreError::NotFound {
+            what: "target",
+            name: grant.target_id.to_string(),
+        };
+        let target = self
+            .target_by_id(grant.target_id)
+            .await?
+            .ok_or_else(target_missing)?;
+        let created = Grant {
+            id: Uuid::new_v4(),
+            subject: grant.subject.clone(),
+            target_id: target.id,
+            target_name: target.name,
+            db_role: grant.db_role.clone(),
+            max_lifetime_secs: grant.max_lifetime_secs,
+            created_at: now(),
+        };
+        sqlx::query(
+            "INSERT INTO grants (id, subject_kind, subject_name, target_id, db_role, \
+             max_lifetime_secs, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(created.id)
+        .bind(created.subject.kind())
+        .bind(created.subject.name())
+        .bind(created.target_id)
+        .bind(&created.db_role)
+        .bind(created.max_lifetime_secs)
+        .bind(created.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            // Another gateway may have removed the target since we looked it up.
+            if is_foreign_key_violation(&e) {
+                target_missing()
+            } else {
+                duplicate_or_query(e, "grant", grant_label(grant, &created.target_name))
+            }
+        })?;
+        Ok(created)
+    }
+
+    async fn list_grants(&self, target_id: Option<Uuid>) -> StoreResult<Vec<Grant>> {
+        let query = match target_id {
+            Some(id) => sqlx::query(concat!(
+                grant_select!(),
+                "WHERE g.target_id = $1 \
+                 ORDER BY g.db_role, g.subject_kind, g.subject_name"
+            ))
+            .bind(id),
+            None => sqlx::query(concat!(
+                grant_select!(),
+                "ORDER BY t.name, g.db_role, g.subject_kind, g.subject_name"
+            )),
+        };
+        rows(query.fetch_all(&self.pool).await?, grant_from_row)
+    }
+
+    async fn remove_grant(&self, id: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM grants WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn matching_grants(
+        &self,
+        login: &str,
+        groups: &[String],
+        target_id: Uuid,
+        db_role: &str,
+    ) -> StoreResult<Vec<Grant>> {
+        let all = sqlx::query(concat!(
+            grant_select!(),
+            "WHERE g.target_id = $1 AND g.db_role = $2 \
+             AND ((g.subject_kind = 'person' AND g.subject_name = $3) \
+               OR (g.subject_kind = 'group' AND g.subject_name = ANY($4))) \
+             ORDER BY g.subject_kind DESC, g.subject_name"
+        ))
+        .bind(target_id)
+        .bind(db_role)
+        .bind(login)
+        .bind(groups)
+        .fetch_all(&self.pool)
+        .await?;
+        rows(all, grant_from_row)
+    }
+
+    async fn insert_credential(&self, credential: &Credential) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO credentials (id, person_login, target_id, target_name, db_role, \
+             issued_at, expires_at, revoked_at, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(credential.id)
+        .bind(&credential.person_login)
+        .bind(credential.target_id)
+        .bind(&credential.target_name)
+        .bind(&credential.db_role)
+        .bind(credential.issued_at)
+        .bind(credential.expires_at)
+        .bind(credential.revoked_at)
+        .bind(&credential.reason)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| duplicate_or_query(e, "credential", credential.id.to_string()))?;
+        Ok(())
+    }
+
+    async fn credential(&self, id: Uuid) -> StoreResult<Option<Credential>> {
+        sqlx::query(concat!("SELECT ", credential_columns!(), " FROM credentials WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(credential_from_row)
+            .transpose()
+    }
+
+    async fn revoke_credential(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+        // COALESCE keeps the first revocation: the audit trail must say when access really
+        // ended, not when someone clicked "revoke" again. The row lock makes it first-wins
+        // across gateways too.
+        let done = sqlx::query(
+            "UPDATE credentials SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_credentials(&self, person_login: Option<&str>) -> StoreResult<Vec<Credential>> {
+        let query = match person_login {
+            Some(login) => sqlx::query(concat!(
+                "SELECT ",
+                credential_columns!(),
+                " FROM credentials WHERE person_login = $1 ORDER BY issued_at DESC, id"
+            ))
+            .bind(login),
+            None => sqlx::query(concat!(
+                "SELECT ",
+                credential_columns!(),
+                " FROM credentials ORDER BY issued_at DESC, id"
+            )),
+        };
+        rows(query.fetch_all(&self.pool).await?, credential_from_row)
+    }
+
+    async fn revoked_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<Uuid>> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM credentials WHERE revoked_at >= $1 ORDER BY revoked_at, id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    async fn insert_session(&self, session: &NewSession) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO sessions (id, person_login, target_id, target_name, db_role, \
+             credential_id, client_addr, application_name, tls_version, started_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(session.id)
+        .bind(&session.person_login)
+        .bind(session.target_id)
+        .bind(&session.target_name)
+        .bind(&session.db_role)
+        .bind(session.credential_id)
+        .bind(&session.client_addr)
+        .bind(&session.application_name)
+        .bind(&session.tls_version)
+        .bind(session.started_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| duplicate_or_query(e, "session", session.id.to_string()))?;
+        Ok(())
+    }
+
+    async fn end_session(&self, id: Uuid, end: &SessionEnd) -> StoreResult<()> {
+        // Ending twice (say, revocation and then the relay noticing the closed socket) keeps
+        // the first time, reason and detail; the byte counters only grow. Right-hand sides see
+        // the row as it was before this UPDATE.
+        let done = sqlx::query(
+            "UPDATE sessions SET \
+             ended_at = COALESCE(ended_at, $2), \
+             end_reason = COALESCE(end_reason, $3), \
+             end_detail = CASE WHEN ended_at IS NULL THEN $4 ELSE end_detail END, \
+             bytes_client_to_server = GREATEST(bytes_client_to_server, $5), \
+             bytes_server_to_client = GREATEST(bytes_server_to_client, $6) \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(end.ended_at)
+        .bind(end.reason.as_str())
+        .bind(&end.detail)
+        .bind(end.bytes_client_to_server)
+        .bind(end.bytes_server_to_client)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "session",
+                name: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn session(&self, id: Uuid) -> StoreResult<Option<Session>> {
+        sqlx::query(concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(session_from_row)
+            .transpose()
+    }
+
+    async fn list_sessions(&self, limit: i64) -> StoreResult<Vec<Session>> {
+        // PostgreSQL refuses a negative LIMIT; the trait means "at most", so none is zero.
+        let all = sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions ORDER BY started_at DESC, id LIMIT $1"
+        ))
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows(all, session_from_row)
+    }
+}

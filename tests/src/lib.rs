@@ -1,0 +1,21 @@
+//! Test harness: real components that always clean up.
+//!
+//! - [`pg::PgCluster`]: a PostgreSQL server per test, TLS on, one role per auth method.
+//! - [`pgbastion::Bastion`]: the real `pgbastion` binary with its own data directory and ports.
+//! - [`clients`]: tokio-postgres over rustls and psql, as the gateway's clients would connect.
+//! - [`process::ChildGuard`], [`ports::free_port`]: processes stopped by PID, ports never fixed.
+
+pub mod certs;
+pub mod clients;
+pub mod pg;
+pub mod pgbastion;
+pub mod ports;
+pub mod process;
+pub mod scratch;
+
+pub use certs::{IssuedCert, TestCa};
+pub use clients::{psql, tokio_postgres_connect};
+pub use pg::PgCluster;
+pub use pgbastion::{Bastion, pgbastion_bin};
+pub use ports::free_port;
+pub use process::{ChildGuard, wait_for_port};

@@ -1,0 +1,875 @@
+//! The store's behaviour, written once and proved against both engines.
+//!
+//! Each check is an `async fn(Arc<dyn Store>)` named after the behaviour it proves;
+//! `on_both_engines!` turns it into `sqlite::NAME` (a file in a temporary directory) and
+//! `postgres::NAME` (a database in a throwaway cluster). Checks that concern one engine's
+//! set-up (directory creation, concurrent migrations) are plain tests at the end.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, TimeZone, Utc};
+use gateway::store::{
+    Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, SessionEnd, Store,
+    StoreError, UpstreamTls, postgres::PgStore, sqlite::SqliteStore,
+};
+use harness::PgCluster;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+// --- The two engines ---
+
+/// A store and what must outlive it. Fields drop in order: the store's pool before the
+/// directory or cluster it uses.
+struct Engine {
+    store: Arc<dyn Store>,
+    _dir: Option<TempDir>,
+    _cluster: Option<PgCluster>,
+}
+
+impl Engine {
+    async fn sqlite() -> Result<Engine> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("store.db").display());
+        let store = SqliteStore::open(&url).await?;
+        Ok(Engine {
+            store: Arc::new(store),
+            _dir: Some(dir),
+            _cluster: None,
+        })
+    }
+
+    async fn postgres() -> Result<Engine> {
+        let cluster = PgCluster::start()?;
+        cluster.create_database("store")?;
+        let store = PgStore::open(&cluster.superuser_url("store"))
+            .await
+            .with_context(|| format!("server log:\n{}", cluster.log()))?;
+        Ok(Engine {
+            store: Arc::new(store),
+            _dir: None,
+            _cluster: Some(cluster),
+        })
+    }
+}
+
+macro_rules! on_both_engines {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $check() -> anyhow::Result<()> {
+                    let engine = super::Engine::sqlite().await?;
+                    super::$check(engine.store.clone()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $check() -> anyhow::Result<()> {
+                    let engine = super::Engine::postgres().await?;
+                    super::$check(engine.store.clone()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    engine_names_itself,
+    new_person_is_created_with_its_groups,
+    upserting_a_known_login_updates_it_and_keeps_id_and_creation_time,
+    unknown_login_is_none,
+    people_are_listed_by_login,
+    new_target_is_enabled_and_round_trips,
+    duplicate_target_name_is_refused,
+    unknown_target_is_none,
+    targets_are_listed_by_name,
+    removing_a_target_removes_its_grants_but_keeps_credentials_and_sessions,
+    removing_an_unknown_target_reports_false,
+    grant_on_an_unknown_target_is_refused,
+    duplicate_grant_is_refused,
+    grants_are_listed_all_or_per_target,
+    removing_a_grant_reports_whether_it_existed,
+    person_grant_matches_only_that_login,
+    group_grant_matches_members_of_that_group,
+    grant_matches_only_its_target_and_role,
+    credential_round_trips,
+    duplicate_credential_id_is_refused,
+    unknown_credential_is_none,
+    revocation_keeps_the_first_time,
+    revoking_an_unknown_credential_reports_false,
+    credentials_are_listed_newest_first_all_or_per_person,
+    revoked_since_includes_the_boundary_and_skips_older_and_unrevoked,
+    session_start_and_end_round_trip_every_field,
+    ending_a_session_twice_keeps_the_first_end,
+    ending_an_unknown_session_is_not_found,
+    duplicate_session_id_is_refused,
+    sessions_are_listed_newest_first_up_to_the_limit,
+    timestamps_keep_microseconds_and_drop_nanoseconds,
+    extreme_values_round_trip_exactly,
+    concurrent_upserts_of_one_login_make_one_person,
+);
+
+// --- Builders ---
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .expect("test timestamp")
+        .with_timezone(&Utc)
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn new_target(name: &str) -> NewTarget {
+    NewTarget {
+        name: name.to_string(),
+        host: "db.internal".to_string(),
+        port: 5432,
+        database: "app".to_string(),
+        tls_mode: UpstreamTls::VerifyFull,
+        ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
+        upstream_user: "bastion".to_string(),
+        upstream_secret_sealed: Some(vec![0, 1, 2, 255]),
+    }
+}
+
+fn grant(subject: GrantSubject, target_id: Uuid, db_role: &str) -> NewGrant {
+    NewGrant {
+        subject,
+        target_id,
+        db_role: db_role.to_string(),
+        max_lifetime_secs: 3600,
+    }
+}
+
+fn person(login: &str) -> GrantSubject {
+    GrantSubject::Person(login.to_string())
+}
+
+fn group(name: &str) -> GrantSubject {
+    GrantSubject::Group(name.to_string())
+}
+
+fn credential(login: &str, target_name: &str, issued_at: &str) -> Credential {
+    let issued_at = at(issued_at);
+    Credential {
+        id: Uuid::new_v4(),
+        person_login: login.to_string(),
+        target_id: Uuid::new_v4(),
+        target_name: target_name.to_string(),
+        db_role: "reader".to_string(),
+        issued_at,
+        expires_at: issued_at + chrono::Duration::minutes(15),
+        revoked_at: None,
+        reason: Some("incident 42".to_string()),
+    }
+}
+
+fn new_session(started_at: &str) -> NewSession {
+    NewSession {
+        id: Uuid::new_v4(),
+        person_login: "alice".to_string(),
+        target_id: Uuid::new_v4(),
+        target_name: "prod".to_string(),
+        db_role: "reader".to_string(),
+        credential_id: Uuid::new_v4(),
+        client_addr: "192.0.2.7:51234".to_string(),
+        application_name: Some("psql".to_string()),
+        tls_version: Some("TLSv1.3".to_string()),
+        started_at: at(started_at),
+    }
+}
+
+fn session_end(ended_at: &str, reason: EndReason) -> SessionEnd {
+    SessionEnd {
+        ended_at: at(ended_at),
+        reason,
+        detail: Some("bye".to_string()),
+        bytes_client_to_server: 1_234,
+        bytes_server_to_client: 56_789,
+    }
+}
+
+fn ids<T>(items: &[T], id: fn(&T) -> Uuid) -> Vec<Uuid> {
+    items.iter().map(id).collect()
+}
+
+// --- People ---
+
+async fn engine_names_itself(store: Arc<dyn Store>) -> Result<()> {
+    assert!(["sqlite", "postgres"].contains(&store.engine()));
+    Ok(())
+}
+
+async fn new_person_is_created_with_its_groups(store: Arc<dyn Store>) -> Result<()> {
+    let groups = strings(&["dba", "oncall"]);
+    let created = store
+        .upsert_person(
+            "alice",
+            Some("Alice A."),
+            Some("alice@example.com"),
+            &groups,
+        )
+        .await?;
+    assert_eq!(created.login, "alice");
+    assert_eq!(created.display_name.as_deref(), Some("Alice A."));
+    assert_eq!(created.email.as_deref(), Some("alice@example.com"));
+    assert_eq!(created.groups, groups);
+    assert_eq!(store.person_by_login("alice").await?, Some(created));
+    Ok(())
+}
+
+async fn upserting_a_known_login_updates_it_and_keeps_id_and_creation_time(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let first = store
+        .upsert_person("bob", Some("Bob"), None, &strings(&["dev"]))
+        .await?;
+    let second = store
+        .upsert_person("bob", None, Some("bob@example.com"), &[])
+        .await?;
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.created_at, first.created_at);
+    assert_eq!(second.display_name, None);
+    assert_eq!(second.email.as_deref(), Some("bob@example.com"));
+    assert!(second.groups.is_empty());
+    assert_eq!(store.list_people().await?, vec![second]);
+    Ok(())
+}
+
+async fn unknown_login_is_none(store: Arc<dyn Store>) -> Result<()> {
+    assert_eq!(store.person_by_login("nobody").await?, None);
+    Ok(())
+}
+
+async fn people_are_listed_by_login(store: Arc<dyn Store>) -> Result<()> {
+    for login in ["carol", "alice", "bob"] {
+        store.upsert_person(login, None, None, &[]).await?;
+    }
+    let logins: Vec<String> = store
+        .list_people()
+        .await?
+        .into_iter()
+        .map(|p| p.login)
+        .collect();
+    assert_eq!(logins, strings(&["alice", "bob", "carol"]));
+    Ok(())
+}
+
+// --- Targets ---
+
+async fn new_target_is_enabled_and_round_trips(store: Arc<dyn Store>) -> Result<()> {
+    let wanted = new_target("prod");
+    let created = store.add_target(&wanted).await?;
+    assert!(created.enabled);
+    assert_eq!(created.name, wanted.name);
+    assert_eq!(created.host, wanted.host);
+    assert_eq!(created.port, wanted.port);
+    assert_eq!(created.database, wanted.database);
+    assert_eq!(created.tls_mode, wanted.tls_mode);
+    assert_eq!(created.ca_pem, wanted.ca_pem);
+    assert_eq!(created.upstream_user, wanted.upstream_user);
+    assert_eq!(
+        created.upstream_secret_sealed,
+        wanted.upstream_secret_sealed
+    );
+    assert_eq!(store.target_by_name("prod").await?, Some(created.clone()));
+    assert_eq!(store.target_by_id(created.id).await?, Some(created));
+    Ok(())
+}
+
+async fn duplicate_target_name_is_refused(store: Arc<dyn Store>) -> Result<()> {
+    let original = store.add_target(&new_target("prod")).await?;
+    let mut again = new_target("prod");
+    again.host = "elsewhere".to_string();
+    let err = store.add_target(&again).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Duplicate { what: "target", name } if name == "prod"),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "target 'prod' already exists");
+    assert_eq!(store.list_targets().await?, vec![original]);
+    Ok(())
+}
+
+async fn unknown_target_is_none(store: Arc<dyn Store>) -> Result<()> {
+    assert_eq!(store.target_by_name("nowhere").await?, None);
+    assert_eq!(store.target_by_id(Uuid::new_v4()).await?, None);
+    Ok(())
+}
+
+async fn targets_are_listed_by_name(store: Arc<dyn Store>) -> Result<()> {
+    for name in ["staging", "analytics", "prod"] {
+        store.add_target(&new_target(name)).await?;
+    }
+    let names: Vec<String> = store
+        .list_targets()
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, strings(&["analytics", "prod", "staging"]));
+    Ok(())
+}
+
+async fn removing_a_target_removes_its_grants_but_keeps_credentials_and_sessions(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let staging = store.add_target(&new_target("staging")).await?;
+    store
+        .add_grant(&grant(person("alice"), prod.id, "reader"))
+        .await?;
+    let kept = store
+        .add_grant(&grant(person("alice"), staging.id, "reader"))
+        .await?;
+    let mut used = credential("alice", "prod", "2026-01-02T03:04:05.000006Z");
+    used.target_id = prod.id;
+    store.insert_credential(&used).await?;
+    let mut session = new_session("2026-01-02T03:05:00Z");
+    session.target_id = prod.id;
+    session.credential_id = used.id;
+    store.insert_session(&session).await?;
+
+    assert!(store.remove_target("prod").await?);
+
+    assert_eq!(store.target_by_name("prod").await?, None);
+    assert!(store.list_grants(Some(prod.id)).await?.is_empty());
+    assert_eq!(store.list_grants(None).await?, vec![kept]);
+    assert_eq!(store.credential(used.id).await?, Some(used));
+    let history = store.session(session.id).await?.context("session kept")?;
+    assert_eq!(history.target_name, "prod");
+    assert_eq!(history.target_id, prod.id);
+    Ok(())
+}
+
+async fn removing_an_unknown_target_reports_false(store: Arc<dyn Store>) -> Result<()> {
+    assert!(!store.remove_target("nowhere").await?);
+    Ok(())
+}
+
+// --- Grants ---
+
+async fn grant_on_an_unknown_target_is_refused(store: Arc<dyn Store>) -> Result<()> {
+    let missing = Uuid::new_v4();
+    let err = store
+        .add_grant(&grant(person("alice"), missing, "reader"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "target", name } if *name == missing.to_string()),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+async fn duplicate_grant_is_refused(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    store
+        .add_grant(&grant(group("dba"), prod.id, "admin"))
+        .await?;
+    let err = store
+        .add_grant(&grant(group("dba"), prod.id, "admin"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Duplicate { what: "grant", .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "grant 'group dba as role admin on prod' already exists"
+    );
+    // The same name as a person, or another role, is a different grant.
+    store
+        .add_grant(&grant(person("dba"), prod.id, "admin"))
+        .await?;
+    store
+        .add_grant(&grant(group("dba"), prod.id, "reader"))
+        .await?;
+    assert_eq!(store.list_grants(Some(prod.id)).await?.len(), 3);
+    Ok(())
+}
+
+async fn grants_are_listed_all_or_per_target(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let staging = store.add_target(&new_target("staging")).await?;
+    let on_staging = store
+        .add_grant(&grant(group("dev"), staging.id, "writer"))
+        .await?;
+    let on_prod = store
+        .add_grant(&grant(person("alice"), prod.id, "reader"))
+        .await?;
+    assert_eq!(on_prod.target_name, "prod");
+    assert_eq!(on_prod.subject, person("alice"));
+    assert_eq!(on_prod.db_role, "reader");
+    assert_eq!(on_prod.max_lifetime_secs, 3600);
+
+    assert_eq!(
+        store.list_grants(None).await?,
+        vec![on_prod.clone(), on_staging.clone()]
+    );
+    assert_eq!(store.list_grants(Some(prod.id)).await?, vec![on_prod]);
+    assert_eq!(store.list_grants(Some(staging.id)).await?, vec![on_staging]);
+    assert!(store.list_grants(Some(Uuid::new_v4())).await?.is_empty());
+    Ok(())
+}
+
+async fn removing_a_grant_reports_whether_it_existed(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let granted = store
+        .add_grant(&grant(person("alice"), prod.id, "reader"))
+        .await?;
+    assert!(store.remove_grant(granted.id).await?);
+    assert!(!store.remove_grant(granted.id).await?);
+    assert!(store.list_grants(None).await?.is_empty());
+    Ok(())
+}
+
+async fn person_grant_matches_only_that_login(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let granted = store
+        .add_grant(&grant(person("alice"), prod.id, "reader"))
+        .await?;
+    let found = store
+        .matching_grants("alice", &[], prod.id, "reader")
+        .await?;
+    assert_eq!(found, vec![granted]);
+    assert!(
+        store
+            .matching_grants("mallory", &[], prod.id, "reader")
+            .await?
+            .is_empty()
+    );
+    // A group named like the person does not stand for the person.
+    assert!(
+        store
+            .matching_grants("bob", &strings(&["alice"]), prod.id, "reader")
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn group_grant_matches_members_of_that_group(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let via_group = store
+        .add_grant(&grant(group("dba"), prod.id, "admin"))
+        .await?;
+    let direct = store
+        .add_grant(&grant(person("alice"), prod.id, "admin"))
+        .await?;
+
+    let member = strings(&["dev", "dba"]);
+    let found = store
+        .matching_grants("bob", &member, prod.id, "admin")
+        .await?;
+    assert_eq!(found, vec![via_group.clone()]);
+
+    let mut both = store
+        .matching_grants("alice", &member, prod.id, "admin")
+        .await?;
+    both.sort_by_key(|g| g.id);
+    let mut wanted = vec![via_group, direct];
+    wanted.sort_by_key(|g| g.id);
+    assert_eq!(both, wanted);
+
+    assert!(
+        store
+            .matching_grants("carol", &strings(&["dev"]), prod.id, "admin")
+            .await?
+            .is_empty()
+    );
+    // A person named like the group is not in it.
+    assert!(
+        store
+            .matching_grants("dba", &[], prod.id, "admin")
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn grant_matches_only_its_target_and_role(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let staging = store.add_target(&new_target("staging")).await?;
+    store
+        .add_grant(&grant(group("dba"), prod.id, "admin"))
+        .await?;
+    let groups = strings(&["dba"]);
+    assert!(
+        store
+            .matching_grants("alice", &groups, prod.id, "reader")
+            .await?
+            .is_empty()
+    );
+    assert!(
+        store
+            .matching_grants("alice", &groups, staging.id, "admin")
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+// --- Credentials ---
+
+async fn credential_round_trips(store: Arc<dyn Store>) -> Result<()> {
+    let minted = credential("alice", "prod", "2026-02-03T04:05:06.789012Z");
+    store.insert_credential(&minted).await?;
+    assert_eq!(store.credential(minted.id).await?, Some(minted.clone()));
+
+    let mut already_revoked = credential("alice", "prod", "2026-02-03T04:05:07Z");
+    already_revoked.revoked_at = Some(at("2026-02-03T04:06:00.000001Z"));
+    already_revoked.reason = None;
+    store.insert_credential(&already_revoked).await?;
+    assert_eq!(
+        store.credential(already_revoked.id).await?,
+        Some(already_revoked)
+    );
+    Ok(())
+}
+
+async fn duplicate_credential_id_is_refused(store: Arc<dyn Store>) -> Result<()> {
+    let minted = credential("alice", "prod", "2026-02-03T04:05:06Z");
+    store.insert_credential(&minted).await?;
+    let err = store.insert_credential(&minted).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Duplicate { what: "credential", name } if *name == minted.id.to_string()),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+async fn unknown_credential_is_none(store: Arc<dyn Store>) -> Result<()> {
+    assert_eq!(store.credential(Uuid::new_v4()).await?, None);
+    Ok(())
+}
+
+async fn revocation_keeps_the_first_time(store: Arc<dyn Store>) -> Result<()> {
+    let minted = credential("alice", "prod", "2026-02-03T04:05:06Z");
+    store.insert_credential(&minted).await?;
+    let first = at("2026-02-03T04:10:00.123456Z");
+    assert!(store.revoke_credential(minted.id, first).await?);
+    assert!(
+        store
+            .revoke_credential(minted.id, at("2026-02-03T05:00:00Z"))
+            .await?
+    );
+    let stored = store.credential(minted.id).await?.context("credential")?;
+    assert_eq!(stored.revoked_at, Some(first));
+    Ok(())
+}
+
+async fn revoking_an_unknown_credential_reports_false(store: Arc<dyn Store>) -> Result<()> {
+    assert!(!store.revoke_credential(Uuid::new_v4(), Utc::now()).await?);
+    Ok(())
+}
+
+async fn credentials_are_listed_newest_first_all_or_per_person(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let old = credential("alice", "prod", "2026-01-01T00:00:00Z");
+    let new = credential("alice", "prod", "2026-01-03T00:00:00Z");
+    let bobs = credential("bob", "prod", "2026-01-02T00:00:00Z");
+    for c in [&old, &new, &bobs] {
+        store.insert_credential(c).await?;
+    }
+    let id = |c: &Credential| c.id;
+    assert_eq!(
+        ids(&store.list_credentials(Some("alice")).await?, id),
+        vec![new.id, old.id]
+    );
+    assert_eq!(
+        ids(&store.list_credentials(None).await?, id),
+        vec![new.id, bobs.id, old.id]
+    );
+    assert!(store.list_credentials(Some("nobody")).await?.is_empty());
+    Ok(())
+}
+
+async fn revoked_since_includes_the_boundary_and_skips_older_and_unrevoked(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let before = credential("alice", "prod", "2026-01-01T00:00:00Z");
+    let exactly = credential("alice", "prod", "2026-01-01T00:00:01Z");
+    let after = credential("alice", "prod", "2026-01-01T00:00:02Z");
+    let unrevoked = credential("alice", "prod", "2026-01-01T00:00:03Z");
+    for c in [&before, &exactly, &after, &unrevoked] {
+        store.insert_credential(c).await?;
+    }
+    let since = at("2026-01-01T12:00:00.5Z");
+    store
+        .revoke_credential(before.id, at("2026-01-01T12:00:00.499999Z"))
+        .await?;
+    store.revoke_credential(exactly.id, since).await?;
+    // Whole seconds and six-digit fractions must compare as times, not as text.
+    store
+        .revoke_credential(after.id, at("2026-01-01T12:00:01Z"))
+        .await?;
+
+    assert_eq!(
+        store.revoked_since(since).await?,
+        vec![exactly.id, after.id]
+    );
+    assert!(
+        store
+            .revoked_since(at("2026-01-01T12:00:01.000001Z"))
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+// --- Sessions ---
+
+async fn session_start_and_end_round_trip_every_field(store: Arc<dyn Store>) -> Result<()> {
+    let started = new_session("2026-03-04T05:06:07.654321Z");
+    store.insert_session(&started).await?;
+
+    let open = store.session(started.id).await?.context("session")?;
+    assert_eq!(open.id, started.id);
+    assert_eq!(open.person_login, started.person_login);
+    assert_eq!(open.target_id, started.target_id);
+    assert_eq!(open.target_name, started.target_name);
+    assert_eq!(open.db_role, started.db_role);
+    assert_eq!(open.credential_id, started.credential_id);
+    assert_eq!(open.client_addr, started.client_addr);
+    assert_eq!(open.application_name, started.application_name);
+    assert_eq!(open.tls_version, started.tls_version);
+    assert_eq!(open.started_at, started.started_at);
+    assert_eq!(open.ended_at, None);
+    assert_eq!(open.end_reason, None);
+    assert_eq!(open.end_detail, None);
+    assert_eq!(
+        (open.bytes_client_to_server, open.bytes_server_to_client),
+        (0, 0)
+    );
+
+    let end = session_end("2026-03-04T06:00:00.000001Z", EndReason::UpstreamFailed);
+    store.end_session(started.id, &end).await?;
+    let ended = store.session(started.id).await?.context("session")?;
+    assert_eq!(ended.ended_at, Some(end.ended_at));
+    assert_eq!(ended.end_reason, Some(EndReason::UpstreamFailed));
+    assert_eq!(ended.end_detail, end.detail);
+    assert_eq!(ended.bytes_client_to_server, end.bytes_client_to_server);
+    assert_eq!(ended.bytes_server_to_client, end.bytes_server_to_client);
+    assert_eq!((ended.id, ended.started_at), (open.id, open.started_at));
+    Ok(())
+}
+
+async fn ending_a_session_twice_keeps_the_first_end(store: Arc<dyn Store>) -> Result<()> {
+    let started = new_session("2026-03-04T05:06:07Z");
+    store.insert_session(&started).await?;
+    let first = session_end("2026-03-04T05:10:00Z", EndReason::Revoked);
+    store.end_session(started.id, &first).await?;
+    let mut late = session_end("2026-03-04T05:10:01Z", EndReason::ClientQuit);
+    late.detail = None;
+    late.bytes_server_to_client = first.bytes_server_to_client + 100;
+    store.end_session(started.id, &late).await?;
+
+    let ended = store.session(started.id).await?.context("session")?;
+    assert_eq!(ended.ended_at, Some(first.ended_at));
+    assert_eq!(ended.end_reason, Some(EndReason::Revoked));
+    assert_eq!(ended.end_detail, first.detail);
+    // Counters only grow: the later, larger count wins, the smaller one does not.
+    assert_eq!(ended.bytes_server_to_client, late.bytes_server_to_client);
+    assert_eq!(ended.bytes_client_to_server, first.bytes_client_to_server);
+    Ok(())
+}
+
+async fn ending_an_unknown_session_is_not_found(store: Arc<dyn Store>) -> Result<()> {
+    let missing = Uuid::new_v4();
+    let err = store
+        .end_session(
+            missing,
+            &session_end("2026-03-04T05:10:00Z", EndReason::Error),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "session", name } if *name == missing.to_string()),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+async fn duplicate_session_id_is_refused(store: Arc<dyn Store>) -> Result<()> {
+    let started = new_session("2026-03-04T05:06:07Z");
+    store.insert_session(&started).await?;
+    let err = store.insert_session(&started).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Duplicate {
+                what: "session",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+async fn sessions_are_listed_newest_first_up_to_the_limit(store: Arc<dyn Store>) -> Result<()> {
+    let times = [
+        "2026-03-04T05:00:00Z",
+        "2026-03-04T05:00:00.000001Z",
+        "2026-03-04T04:59:59.999999Z",
+        "2026-03-04T05:00:01Z",
+    ];
+    let mut started = Vec::new();
+    for t in times {
+        let s = new_session(t);
+        store.insert_session(&s).await?;
+        started.push(s.id);
+    }
+    let listed = |limit| {
+        let store = store.clone();
+        async move { Ok::<_, anyhow::Error>(ids(&store.list_sessions(limit).await?, |s| s.id)) }
+    };
+    assert_eq!(
+        listed(10).await?,
+        vec![started[3], started[1], started[0], started[2]]
+    );
+    assert_eq!(listed(2).await?, vec![started[3], started[1]]);
+    assert!(listed(0).await?.is_empty());
+    assert!(listed(-1).await?.is_empty());
+    Ok(())
+}
+
+// --- Native types ---
+
+async fn timestamps_keep_microseconds_and_drop_nanoseconds(store: Arc<dyn Store>) -> Result<()> {
+    let mut minted = credential("alice", "prod", "2026-02-03T04:05:06.123456789Z");
+    minted.expires_at = at("2026-02-03T04:20:06.999999999Z");
+    store.insert_credential(&minted).await?;
+    let stored = store.credential(minted.id).await?.context("credential")?;
+    assert_eq!(stored.issued_at, at("2026-02-03T04:05:06.123456Z"));
+    assert_eq!(stored.expires_at, at("2026-02-03T04:20:06.999999Z"));
+    Ok(())
+}
+
+async fn extreme_values_round_trip_exactly(store: Arc<dyn Store>) -> Result<()> {
+    // Every byte value, NUL included, in the sealed secret; non-ASCII text everywhere.
+    let mut wanted = new_target("日本語-ターゲット 🐘");
+    wanted.upstream_secret_sealed = Some((0..=255).collect());
+    wanted.port = u16::MAX;
+    wanted.tls_mode = UpstreamTls::Disable;
+    wanted.ca_pem = None;
+    wanted.upstream_user = "Ünïcødé \"quoted\" 'user'".to_string();
+    let target = store.add_target(&wanted).await?;
+    let stored = store
+        .target_by_name(&wanted.name)
+        .await?
+        .context("target")?;
+    assert_eq!(stored, target);
+    assert_eq!(stored.upstream_secret_sealed, wanted.upstream_secret_sealed);
+    assert_eq!(stored.port, u16::MAX);
+
+    let groups = strings(&["grüppe", "with,comma", "with \"quotes\"", "{braces}", ""]);
+    let zoe = store
+        .upsert_person("zoë", Some(""), Some("zoë@exämple.org"), &groups)
+        .await?;
+    assert_eq!(zoe.groups, groups);
+    assert_eq!(zoe.display_name.as_deref(), Some(""));
+    assert_eq!(store.person_by_login("zoë").await?, Some(zoe));
+
+    let mut minted = credential("zoë", &wanted.name, "1970-01-01T00:00:00Z");
+    minted.id = Uuid::from_u128(u128::MAX);
+    minted.target_id = Uuid::nil();
+    minted.expires_at = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap();
+    minted.reason = Some("naïve 🚀 reason\nwith a newline and a tab\t".into());
+    store.insert_credential(&minted).await?;
+    assert_eq!(store.credential(minted.id).await?, Some(minted));
+    Ok(())
+}
+
+async fn concurrent_upserts_of_one_login_make_one_person(store: Arc<dyn Store>) -> Result<()> {
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let groups = vec![format!("group-{i}")];
+                store.upsert_person("racer", None, None, &groups).await
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await??.id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one person, one id");
+    assert_eq!(store.list_people().await?.len(), 1);
+    Ok(())
+}
+
+// --- Engine set-up ---
+
+#[tokio::test]
+async fn sqlite_store_creates_missing_directories_and_reopens_with_its_data() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("not/yet/there/store.db").display()
+    );
+    let first = SqliteStore::open(&url).await?;
+    first.add_target(&new_target("prod")).await?;
+    drop(first);
+
+    let reopened = SqliteStore::open(&url).await?;
+    assert!(reopened.target_by_name("prod").await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_store_keeps_its_data_while_open() -> Result<()> {
+    let store = gateway::store::open("sqlite::memory:").await?;
+    store.add_target(&new_target("prod")).await?;
+    assert_eq!(store.engine(), "sqlite");
+    assert!(store.target_by_name("prod").await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_store_url_is_refused_with_the_accepted_forms() -> Result<()> {
+    let err = gateway::store::open("mysql://localhost/x")
+        .await
+        .err()
+        .context("mysql:// must be refused")?;
+    assert!(matches!(err, StoreError::BadUrl(_)), "{err:?}");
+    assert!(err.to_string().contains("sqlite://PATH or postgres://"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn gateways_opening_one_new_postgres_store_at_once_all_succeed() -> Result<()> {
+    let cluster = PgCluster::start()?;
+    cluster.create_database("shared")?;
+    let url = cluster.superuser_url("shared");
+    // All race to create the schema; sqlx's advisory lock must make them take turns.
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PgStore::open(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await?.with_context(|| cluster.log())?);
+    }
+    stores[0].add_target(&new_target("prod")).await?;
+    assert!(stores[3].target_by_name("prod").await?.is_some());
+    drop(stores);
+
+    // And a gateway started later finds the schema in place.
+    let later = gateway::store::open(&url).await?;
+    assert_eq!(later.engine(), "postgres");
+    assert_eq!(later.list_targets().await?.len(), 1);
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Command-line interface: clap definitions and the dispatch to one module per noun.
+
+mod duration;
+mod grant;
+mod output;
+mod person;
+mod serve;
+mod target;
+mod token;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use gateway::config::Config;
+use gateway::keys;
+use gateway::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgbastion",
+    version,
+    about = "A bastion for PostgreSQL: people connect with short-lived tokens, the gateway logs in \
+             upstream with secrets they never see",
+    long_about = "A bastion for PostgreSQL. People connect to the gateway with a short-lived signed \
+                  token as their password; the gateway checks it and logs in to the target \
+                  database with a secret people never see.\n\n\
+                  Without a config file pgbastion runs as is: data in ./pgbastion-data (SQLite \
+                  store, keys, TLS certificate), gateway on 127.0.0.1:6432. Every setting can \
+                  also be set with PGBASTION_<SECTION>_<KEY>, e.g. PGBASTION_GATEWAY_LISTEN.\n\n\
+                  Getting started:\n  \
+                  pgbastion person add alice --group dev\n  \
+                  printf '%s' \"$SHOP_PASSWORD\" | pgbastion target add shop --host db.internal \
+                  --database shop --user gateway --password-stdin\n  \
+                  pgbastion grant add --target shop --group dev --role app_ro --max-lifetime 8h\n  \
+                  pgbastion serve &\n  \
+                  pgbastion token issue --person alice --target shop --role app_ro --lifetime 30m"
+)]
+pub struct Cli {
+    /// TOML config file (every key optional).
+    #[arg(long, global = true, env = "PGBASTION_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    #[command(
+        long_about = "Run the gateway: create the data directory and keys if needed, \
+                            migrate the store, and accept connections until SIGINT or SIGTERM.\n\n\
+                            Example:\n  pgbastion serve --config /etc/pgbastion.toml"
+    )]
+    Serve,
+    /// Create or upgrade the store's tables, then exit.
+    #[command(
+        long_about = "Create or upgrade the store's tables, then exit. `serve` does this \
+                            too; run it alone before starting several gateways on one \
+                            PostgreSQL store.\n\nExample:\n  \
+                            PGBASTION_STORE_URL=postgres://pgbastion@db/pgbastion pgbastion migrate"
+    )]
+    Migrate,
+    /// Add and list people.
+    #[command(subcommand)]
+    Person(person::PersonCommand),
+    /// Add, list and remove target databases.
+    #[command(subcommand)]
+    Target(target::TargetCommand),
+    /// Let people or groups use a database role on a target.
+    #[command(subcommand)]
+    Grant(grant::GrantCommand),
+    /// Issue, list and revoke tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The rustls default provider is set once for the process, so every TLS user (client leg,
+    // upstream leg) agrees on it. Failure means it was already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    init_logging(&config)?;
+    match cli.command {
+        Command::Serve => serve::run(config).await,
+        Command::Migrate => {
+            let ctx = Ctx::open(config).await?;
+            println!(
+                "{} store {} is up to date",
+                ctx.store.engine(),
+                redact_url(&ctx.config.store_url())
+            );
+            Ok(())
+        }
+        Command::Person(cmd) => person::run(cmd, &Ctx::open(config).await?).await,
+        Command::Target(cmd) => target::run(cmd, &Ctx::open(config).await?).await,
+        Command::Grant(cmd) => grant::run(cmd, &Ctx::open(config).await?).await,
+        Command::Token(cmd) => token::run(cmd, &Ctx::open(config).await?).await,
+    }
+}
+
+/// What the admin commands share: the configuration and an open (migrated) store.
+pub struct Ctx {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+}
+
+impl Ctx {
+    async fn open(config: Config) -> anyhow::Result<Ctx> {
+        keys::ensure_private_dir(&config.data_dir)?;
+        let url = config.store_url();
+        let store = gateway::store::open(&url)
+            .await
+            .with_context(|| format!("cannot open the store {}", redact_url(&url)))?;
+        Ok(Ctx { config, store })
+    }
+}
+
+/// Logs go to stderr, so that command output on stdout stays clean for scripts.
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .with_context(|| format!("log.filter '{}' is not a tracing filter", config.log.filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Another subscriber can only exist in tests; keep it then.
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    Ok(())
+}
+
+/// Hides the password of a `postgres://user:password@host/db` URL before it is printed.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn store_passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://pgb:s3cret@db:5432/pgb"),
+            "postgres://pgb:***@db:5432/pgb"
+        );
+        assert_eq!(redact_url("postgres://pgb@db/pgb"), "postgres://pgb@db/pgb");
+        assert_eq!(
+            redact_url("sqlite://./data/pgbastion.db"),
+            "sqlite://./data/pgbastion.db"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! pgbastion console (filled by the console issue).
