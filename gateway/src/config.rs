@@ -20,7 +20,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://...`. Empty means `sqlite://<data_dir>/pgbastion.db`.
@@ -87,12 +87,6 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             log: LogConfig::default(),
         }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig { url: String::new() }
     }
 }
 

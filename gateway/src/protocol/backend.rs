@@ -62,7 +62,13 @@ pub struct ErrorMessage {
 
 impl ErrorMessage {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        ErrorMessage { severity: Severity::Fatal, code, message: message.into(), detail: None, hint: None }
+        ErrorMessage {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -132,10 +138,18 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, unsupported_options: &[&st
 pub enum AuthRequest {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<String> },
-    SaslContinue { data: Vec<u8> },
-    SaslFinal { data: Vec<u8> },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<String>,
+    },
+    SaslContinue {
+        data: Vec<u8>,
+    },
+    SaslFinal {
+        data: Vec<u8>,
+    },
     /// Kerberos, GSS, SSPI...: methods the gateway cannot answer.
     Unsupported(i32),
 }
@@ -148,7 +162,9 @@ impl AuthRequest {
             3 => AuthRequest::CleartextPassword,
             5 => {
                 let salt = c.bytes(4)?;
-                AuthRequest::Md5Password { salt: [salt[0], salt[1], salt[2], salt[3]] }
+                AuthRequest::Md5Password {
+                    salt: [salt[0], salt[1], salt[2], salt[3]],
+                }
             }
             10 => {
                 let mut mechanisms = Vec::new();
@@ -161,8 +177,12 @@ impl AuthRequest {
                 }
                 AuthRequest::Sasl { mechanisms }
             }
-            11 => AuthRequest::SaslContinue { data: c.rest().to_vec() },
-            12 => AuthRequest::SaslFinal { data: c.rest().to_vec() },
+            11 => AuthRequest::SaslContinue {
+                data: c.rest().to_vec(),
+            },
+            12 => AuthRequest::SaslFinal {
+                data: c.rest().to_vec(),
+            },
             other => AuthRequest::Unsupported(other),
         })
     }
@@ -216,7 +236,9 @@ mod tests {
     #[test]
     fn error_message_round_trips_through_the_parser() {
         let mut out = BytesMut::new();
-        ErrorMessage::fatal("28P01", "credential expired").with_hint("request a new one").encode(&mut out);
+        ErrorMessage::fatal("28P01", "credential expired")
+            .with_hint("request a new one")
+            .encode(&mut out);
         let frames = split_frames(out.freeze()).unwrap();
         assert_eq!(frames[0].tag, b'E');
         let f = ErrorFields::parse(b'E', &frames[0].body).unwrap();
@@ -236,17 +258,28 @@ mod tests {
 
     #[test]
     fn auth_requests_parse() {
-        assert_eq!(AuthRequest::parse(&0i32.to_be_bytes()).unwrap(), AuthRequest::Ok);
+        assert_eq!(
+            AuthRequest::parse(&0i32.to_be_bytes()).unwrap(),
+            AuthRequest::Ok
+        );
         let mut md5 = 5i32.to_be_bytes().to_vec();
         md5.extend_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(AuthRequest::parse(&md5).unwrap(), AuthRequest::Md5Password { salt: [1, 2, 3, 4] });
+        assert_eq!(
+            AuthRequest::parse(&md5).unwrap(),
+            AuthRequest::Md5Password { salt: [1, 2, 3, 4] }
+        );
         let mut sasl = 10i32.to_be_bytes().to_vec();
         sasl.extend_from_slice(b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
         assert_eq!(
             AuthRequest::parse(&sasl).unwrap(),
-            AuthRequest::Sasl { mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()] }
+            AuthRequest::Sasl {
+                mechanisms: vec!["SCRAM-SHA-256-PLUS".into(), "SCRAM-SHA-256".into()]
+            }
         );
         assert!(AuthRequest::parse(&[0, 0]).is_err());
-        assert!(AuthRequest::parse(&5i32.to_be_bytes()).is_err(), "md5 without salt");
+        assert!(
+            AuthRequest::parse(&5i32.to_be_bytes()).is_err(),
+            "md5 without salt"
+        );
     }
 }

@@ -35,11 +35,19 @@ pub fn parse_header(buf: &[u8], limit: usize) -> Result<Option<Header>, Protocol
     let body_len = usize::try_from(wire_len)
         .ok()
         .and_then(|l| l.checked_sub(4))
-        .ok_or(ProtocolError::LengthTooSmall { len: wire_len.into() })?;
+        .ok_or(ProtocolError::LengthTooSmall {
+            len: wire_len.into(),
+        })?;
     if body_len > limit {
-        return Err(ProtocolError::TooLarge { len: body_len, limit });
+        return Err(ProtocolError::TooLarge {
+            len: body_len,
+            limit,
+        });
     }
-    Ok(Some(Header { tag: head[0], body_len }))
+    Ok(Some(Header {
+        tag: head[0],
+        body_len,
+    }))
 }
 
 /// One message as the relay saw it: the same bytes that were forwarded, shared, not copied.
@@ -67,7 +75,11 @@ pub fn split_frames(mut buf: Bytes) -> Result<Vec<Frame>, ProtocolError> {
             break;
         }
         let frame = buf.split_to(h.frame_len());
-        frames.push(Frame { tag: h.tag, body_len: h.body_len, body: frame.slice(HEADER_LEN..) });
+        frames.push(Frame {
+            tag: h.tag,
+            body_len: h.body_len,
+            body: frame.slice(HEADER_LEN..),
+        });
     }
     Ok(frames)
 }
@@ -86,7 +98,10 @@ mod tests {
         for len in [-1i32, 0, 3, i32::MIN] {
             let mut b = vec![b'Q'];
             b.extend_from_slice(&len.to_be_bytes());
-            assert_eq!(parse_header(&b, 100), Err(ProtocolError::LengthTooSmall { len: len.into() }));
+            assert_eq!(
+                parse_header(&b, 100),
+                Err(ProtocolError::LengthTooSmall { len: len.into() })
+            );
         }
     }
 
@@ -94,13 +109,22 @@ mod tests {
     fn length_over_limit_is_refused_before_reading_the_body() {
         let mut b = vec![b'Q'];
         b.extend_from_slice(&(i32::MAX).to_be_bytes());
-        assert!(matches!(parse_header(&b, 1 << 20), Err(ProtocolError::TooLarge { .. })));
+        assert!(matches!(
+            parse_header(&b, 1 << 20),
+            Err(ProtocolError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn empty_body_is_fine() {
         let b = [b'S', 0, 0, 0, 4];
-        assert_eq!(parse_header(&b, 0), Ok(Some(Header { tag: b'S', body_len: 0 })));
+        assert_eq!(
+            parse_header(&b, 0),
+            Ok(Some(Header {
+                tag: b'S',
+                body_len: 0
+            }))
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@ pub fn parse_password(body: &[u8]) -> Result<&str, ProtocolError> {
     let mut c = Cursor::new(PASSWORD_MESSAGE, body);
     let password = c.cstr()?;
     if !c.is_empty() {
-        return Err(ProtocolError::Malformed { tag: 'p', reason: "bytes after the password" });
+        return Err(ProtocolError::Malformed {
+            tag: 'p',
+            reason: "bytes after the password",
+        });
     }
     Ok(password)
 }

@@ -37,29 +37,46 @@ pub(crate) struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(tag: u8, buf: &'a [u8]) -> Self {
-        Cursor { buf, tag: tag as char }
+        Cursor {
+            buf,
+            tag: tag as char,
+        }
     }
 
     fn err(&self, reason: &'static str) -> ProtocolError {
-        ProtocolError::Malformed { tag: self.tag, reason }
+        ProtocolError::Malformed {
+            tag: self.tag,
+            reason,
+        }
     }
 
     pub(crate) fn i32(&mut self) -> Result<i32, ProtocolError> {
-        let (head, rest) = self.buf.split_first_chunk::<4>().ok_or_else(|| self.err("truncated integer"))?;
+        let (head, rest) = self
+            .buf
+            .split_first_chunk::<4>()
+            .ok_or_else(|| self.err("truncated integer"))?;
         self.buf = rest;
         Ok(i32::from_be_bytes(*head))
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, ProtocolError> {
-        let (&b, rest) = self.buf.split_first().ok_or_else(|| self.err("truncated byte"))?;
+        let (&b, rest) = self
+            .buf
+            .split_first()
+            .ok_or_else(|| self.err("truncated byte"))?;
         self.buf = rest;
         Ok(b)
     }
 
     /// A NUL-terminated string (UTF-8 checked).
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
-        let nul = self.buf.iter().position(|&b| b == 0).ok_or_else(|| self.err("string without terminator"))?;
-        let s = std::str::from_utf8(&self.buf[..nul]).map_err(|_| self.err("string is not UTF-8"))?;
+        let nul = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.err("string without terminator"))?;
+        let s =
+            std::str::from_utf8(&self.buf[..nul]).map_err(|_| self.err("string is not UTF-8"))?;
         self.buf = &self.buf[nul + 1..];
         Ok(s)
     }

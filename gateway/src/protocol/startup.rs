@@ -38,7 +38,10 @@ pub struct StartupMessage {
 
 impl StartupMessage {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -46,7 +49,8 @@ impl StartupMessage {
 /// number of bytes that follow it.
 pub fn body_len(len_word: [u8; 4], limit: usize) -> Result<usize, ProtocolError> {
     let len = i32::from_be_bytes(len_word);
-    let total = usize::try_from(len).map_err(|_| ProtocolError::LengthTooSmall { len: len.into() })?;
+    let total =
+        usize::try_from(len).map_err(|_| ProtocolError::LengthTooSmall { len: len.into() })?;
     if total < MIN_STARTUP_LEN {
         return Err(ProtocolError::LengthTooSmall { len: len.into() });
     }
@@ -59,21 +63,32 @@ pub fn body_len(len_word: [u8; 4], limit: usize) -> Result<usize, ProtocolError>
 /// Decodes the bytes after the length word.
 pub fn decode(body: &[u8]) -> Result<StartupPacket, ProtocolError> {
     let mut c = Cursor::new(b'?', body);
-    let code = c.i32().map_err(|_| ProtocolError::BadStartup("packet too short"))?;
+    let code = c
+        .i32()
+        .map_err(|_| ProtocolError::BadStartup("packet too short"))?;
     match code {
-        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE if !c.is_empty() => {
-            Err(ProtocolError::BadStartup("encryption request with trailing bytes"))
-        }
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE if !c.is_empty() => Err(ProtocolError::BadStartup(
+            "encryption request with trailing bytes",
+        )),
         SSL_REQUEST_CODE => Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST_CODE => Ok(StartupPacket::GssEncRequest),
         CANCEL_REQUEST_CODE => {
-            let process_id = c.i32().map_err(|_| ProtocolError::BadStartup("cancel request too short"))?;
-            let secret_key = c.i32().map_err(|_| ProtocolError::BadStartup("cancel request too short"))?;
+            let process_id = c
+                .i32()
+                .map_err(|_| ProtocolError::BadStartup("cancel request too short"))?;
+            let secret_key = c
+                .i32()
+                .map_err(|_| ProtocolError::BadStartup("cancel request too short"))?;
             if !c.is_empty() {
                 // Protocol 3.2 allows longer keys; the gateway hands out 4-byte keys only.
-                return Err(ProtocolError::BadStartup("cancel request with an unexpected key length"));
+                return Err(ProtocolError::BadStartup(
+                    "cancel request with an unexpected key length",
+                ));
             }
-            Ok(StartupPacket::CancelRequest { process_id, secret_key })
+            Ok(StartupPacket::CancelRequest {
+                process_id,
+                secret_key,
+            })
         }
         version => {
             let major = (version >> 16) as u16;
@@ -81,7 +96,11 @@ pub fn decode(body: &[u8]) -> Result<StartupPacket, ProtocolError> {
             if major != 3 {
                 return Err(ProtocolError::UnsupportedVersion { major, minor });
             }
-            Ok(StartupPacket::Startup(StartupMessage { major, minor, params: decode_params(c.rest())? }))
+            Ok(StartupPacket::Startup(StartupMessage {
+                major,
+                minor,
+                params: decode_params(c.rest())?,
+            }))
         }
     }
 }
@@ -91,14 +110,18 @@ fn decode_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, ProtocolError
     let mut params = Vec::new();
     loop {
         let mut c = Cursor::new(b'?', rest);
-        let name = c.cstr().map_err(|_| ProtocolError::BadStartup("parameter list is not terminated"))?;
+        let name = c
+            .cstr()
+            .map_err(|_| ProtocolError::BadStartup("parameter list is not terminated"))?;
         if name.is_empty() {
             if !c.is_empty() {
                 return Err(ProtocolError::BadStartup("bytes after the parameter list"));
             }
             return Ok(params);
         }
-        let value = c.cstr().map_err(|_| ProtocolError::BadStartup("parameter without a value"))?;
+        let value = c
+            .cstr()
+            .map_err(|_| ProtocolError::BadStartup("parameter without a value"))?;
         if params.iter().any(|(k, _)| k == name) {
             return Err(ProtocolError::BadStartup("parameter given twice"));
         }
@@ -157,7 +180,9 @@ mod tests {
             ("application_name".to_string(), "psql ünicode".to_string()),
         ];
         let packet = encode_startup(&params);
-        let StartupPacket::Startup(m) = decode(body(&packet)).unwrap() else { panic!("not a startup") };
+        let StartupPacket::Startup(m) = decode(body(&packet)).unwrap() else {
+            panic!("not a startup")
+        };
         assert_eq!((m.major, m.minor), (3, 0));
         assert_eq!(m.params, params);
         assert_eq!(m.param("database"), Some("shop"));
@@ -165,11 +190,20 @@ mod tests {
 
     #[test]
     fn special_codes_are_recognised() {
-        assert_eq!(decode(body(&encode_ssl_request())).unwrap(), StartupPacket::SslRequest);
-        assert_eq!(decode(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(), StartupPacket::GssEncRequest);
+        assert_eq!(
+            decode(body(&encode_ssl_request())).unwrap(),
+            StartupPacket::SslRequest
+        );
+        assert_eq!(
+            decode(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupPacket::GssEncRequest
+        );
         assert_eq!(
             decode(body(&encode_cancel(7, -9))).unwrap(),
-            StartupPacket::CancelRequest { process_id: 7, secret_key: -9 }
+            StartupPacket::CancelRequest {
+                process_id: 7,
+                secret_key: -9
+            }
         );
     }
 
@@ -200,7 +234,10 @@ mod tests {
     #[test]
     fn other_protocol_versions_are_refused() {
         let v2 = (2i32 << 16).to_be_bytes();
-        assert_eq!(decode(&v2), Err(ProtocolError::UnsupportedVersion { major: 2, minor: 0 }));
+        assert_eq!(
+            decode(&v2),
+            Err(ProtocolError::UnsupportedVersion { major: 2, minor: 0 })
+        );
         assert!(decode(&[1, 2]).is_err());
     }
 }

@@ -34,10 +34,14 @@ pub struct Refusal {
 }
 
 fn refuse(code: &'static str, message: impl Into<String>, log: impl Into<String>) -> Refusal {
-    Refusal { error: ErrorMessage::fatal(code, message), log: log.into() }
+    Refusal {
+        error: ErrorMessage::fatal(code, message),
+        log: log.into(),
+    }
 }
 
-const GET_A_NEW_ONE: &str = "request a new credential in the pgbastion console or with `pgbastion token issue`";
+const GET_A_NEW_ONE: &str =
+    "request a new credential in the pgbastion console or with `pgbastion token issue`";
 
 fn utc(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
@@ -54,20 +58,34 @@ pub async fn authenticate(
     let database = startup.param("database").unwrap_or(user);
     let mut out = BytesMut::new();
     backend::authentication_cleartext_password(&mut out);
-    stream
-        .write_all(&out)
-        .await
-        .map_err(|e| refuse("08006", "connection failed", format!("sending auth request: {e}")))?;
+    stream.write_all(&out).await.map_err(|e| {
+        refuse(
+            "08006",
+            "connection failed",
+            format!("sending auth request: {e}"),
+        )
+    })?;
     let frame = read_frame(stream, buf, shared.config.gateway.max_startup_packet_bytes)
         .await
         .map_err(|e| match e {
-            ReadError::Closed => refuse("08006", "connection closed", "client closed during authentication"),
-            other => refuse("08P01", format!("invalid password message: {other}"), other.to_string()),
+            ReadError::Closed => refuse(
+                "08006",
+                "connection closed",
+                "client closed during authentication",
+            ),
+            other => refuse(
+                "08P01",
+                format!("invalid password message: {other}"),
+                other.to_string(),
+            ),
         })?;
     if frame.tag != frontend::PASSWORD_MESSAGE {
         return Err(refuse(
             "08P01",
-            format!("expected a password message, got message type '{}'", frame.tag.escape_ascii()),
+            format!(
+                "expected a password message, got message type '{}'",
+                frame.tag.escape_ascii()
+            ),
             "client sent something else than a password",
         ));
     }
@@ -78,36 +96,49 @@ pub async fn authenticate(
 
 /// Every check a credential must pass, in the order that reveals least to a forger: nothing about
 /// the store is consulted before the signature is known to be ours.
-pub async fn check_token(token: &str, user: &str, database: &str, shared: &Shared) -> Result<Authorized, Refusal> {
+pub async fn check_token(
+    token: &str,
+    user: &str,
+    database: &str,
+    shared: &Shared,
+) -> Result<Authorized, Refusal> {
     let bad_password = |why: &str| {
         refuse(
             "28P01",
-            format!("password authentication failed for user \"{user}\": the password must be a valid pgbastion credential"),
+            format!(
+                "password authentication failed for user \"{user}\": the password must be a valid pgbastion credential"
+            ),
             format!("token refused for user {user}: {why}"),
         )
     };
-    let claims = shared.signer.verify(token).map_err(|rejection| match rejection {
-        TokenRejection::Expired { at } => {
-            let mut r = refuse(
+    let claims = shared
+        .signer
+        .verify(token)
+        .map_err(|rejection| match rejection {
+            TokenRejection::Expired { at } => {
+                let mut r = refuse(
+                    "28P01",
+                    format!("credential expired at {}", utc(at)),
+                    format!("expired token for user {user}"),
+                );
+                r.error = r.error.with_hint(GET_A_NEW_ONE);
+                r
+            }
+            TokenRejection::NotYetValid => refuse(
                 "28P01",
-                format!("credential expired at {}", utc(at)),
-                format!("expired token for user {user}"),
-            );
-            r.error = r.error.with_hint(GET_A_NEW_ONE);
-            r
-        }
-        TokenRejection::NotYetValid => refuse(
-            "28P01",
-            "credential is not valid yet; check the clock of the machine that issued it",
-            format!("not-yet-valid token for user {user}"),
-        ),
-        other => bad_password(&format!("{other:?}")),
-    })?;
+                "credential is not valid yet; check the clock of the machine that issued it",
+                format!("not-yet-valid token for user {user}"),
+            ),
+            other => bad_password(&format!("{other:?}")),
+        })?;
     let wrong_place = || {
         refuse(
             "28000",
             format!("this credential is not for user \"{user}\" on database \"{database}\""),
-            format!("token for {} on {} used as {user} on {database}", claims.sub, claims.tgt),
+            format!(
+                "token for {} on {} used as {user} on {database}",
+                claims.sub, claims.tgt
+            ),
         )
     };
     if claims.sub != user || claims.tgt != database {
@@ -120,7 +151,11 @@ pub async fn check_token(token: &str, user: &str, database: &str, shared: &Share
             format!("store error during authentication: {e}"),
         )
     };
-    let credential = shared.store.credential(claims.jti).await.map_err(unavailable)?;
+    let credential = shared
+        .store
+        .credential(claims.jti)
+        .await
+        .map_err(unavailable)?;
     let Some(credential) = credential else {
         return Err(bad_password("credential id not in the store"));
     };
@@ -133,18 +168,32 @@ pub async fn check_token(token: &str, user: &str, database: &str, shared: &Share
         r.error = r.error.with_hint(GET_A_NEW_ONE);
         return Err(r);
     }
-    if credential.person_login != claims.sub || credential.target_id != claims.tid || credential.db_role != claims.role {
+    if credential.person_login != claims.sub
+        || credential.target_id != claims.tid
+        || credential.db_role != claims.role
+    {
         return Err(bad_password("claims differ from the stored credential"));
     }
-    let target = shared.store.target_by_id(credential.target_id).await.map_err(unavailable)?;
+    let target = shared
+        .store
+        .target_by_id(credential.target_id)
+        .await
+        .map_err(unavailable)?;
     let Some(target) = target.filter(|t| t.enabled && t.name == database) else {
         return Err(refuse(
             "28000",
             format!("target \"{database}\" is not available"),
-            format!("target {} of credential {} is gone or disabled", claims.tgt, credential.id),
+            format!(
+                "target {} of credential {} is gone or disabled",
+                claims.tgt, credential.id
+            ),
         ));
     };
-    let person = shared.store.person_by_login(user).await.map_err(unavailable)?;
+    let person = shared
+        .store
+        .person_by_login(user)
+        .await
+        .map_err(unavailable)?;
     let groups = person.map(|p| p.groups).unwrap_or_default();
     let grants = shared
         .store
@@ -154,12 +203,18 @@ pub async fn check_token(token: &str, user: &str, database: &str, shared: &Share
     if grants.is_empty() {
         return Err(refuse(
             "28000",
-            format!("user \"{user}\" no longer has access to \"{database}\" as role \"{}\"", credential.db_role),
+            format!(
+                "user \"{user}\" no longer has access to \"{database}\" as role \"{}\"",
+                credential.db_role
+            ),
             format!("grant for credential {} was removed", credential.id),
         )
         .with_hint("ask an admin for a grant"));
     }
-    Ok(Authorized { credential, target: Arc::new(target) })
+    Ok(Authorized {
+        credential,
+        target: Arc::new(target),
+    })
 }
 
 impl Refusal {

@@ -18,7 +18,11 @@ pub enum ReadError {
 
 /// Reads one whole message from `stream`, buffering in `buf`; bytes after it stay in `buf` (the
 /// relay starts from them). Cancel-safe: partial reads stay in `buf`.
-pub async fn read_frame<R>(stream: &mut R, buf: &mut BytesMut, limit: usize) -> Result<Frame, ReadError>
+pub async fn read_frame<R>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<Frame, ReadError>
 where
     R: AsyncRead + Unpin + ?Sized,
 {
@@ -26,7 +30,11 @@ where
         if let Some(h) = parse_header(buf, limit)? {
             if buf.len() >= h.frame_len() {
                 let frame = buf.split_to(h.frame_len()).freeze();
-                return Ok(Frame { tag: h.tag, body_len: h.body_len, body: frame.slice(HEADER_LEN..) });
+                return Ok(Frame {
+                    tag: h.tag,
+                    body_len: h.body_len,
+                    body: frame.slice(HEADER_LEN..),
+                });
             }
             buf.reserve(h.frame_len() - buf.len());
         } else {

@@ -21,7 +21,10 @@ pub type ClientStream = TlsStream<TcpStream>;
 /// What the client asked for.
 pub enum Opening {
     /// A session over TLS.
-    Session { stream: Box<ClientStream>, startup: StartupMessage },
+    Session {
+        stream: Box<ClientStream>,
+        startup: StartupMessage,
+    },
     /// A request to cancel the running query of a session.
     Cancel { process_id: i32, secret_key: i32 },
 }
@@ -41,7 +44,11 @@ pub enum HandshakeError {
 }
 
 /// Runs the startup phase on a fresh connection.
-pub async fn open(mut tcp: TcpStream, tls: &Arc<rustls::ServerConfig>, max_startup: usize) -> Result<Opening, HandshakeError> {
+pub async fn open(
+    mut tcp: TcpStream,
+    tls: &Arc<rustls::ServerConfig>,
+    max_startup: usize,
+) -> Result<Opening, HandshakeError> {
     let acceptor = TlsAcceptor::from(tls.clone());
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await? == 1 && first[0] == TLS_HANDSHAKE_BYTE {
@@ -61,13 +68,21 @@ pub async fn open(mut tcp: TcpStream, tls: &Arc<rustls::ServerConfig>, max_start
                 return inside_tls(Box::new(stream), max_startup).await;
             }
             StartupPacket::GssEncRequest => tcp.write_all(b"N").await?,
-            StartupPacket::CancelRequest { process_id, secret_key } => {
-                return Ok(Opening::Cancel { process_id, secret_key });
+            StartupPacket::CancelRequest {
+                process_id,
+                secret_key,
+            } => {
+                return Ok(Opening::Cancel {
+                    process_id,
+                    secret_key,
+                });
             }
             StartupPacket::Startup(_) => {
                 let mut out = BytesMut::new();
                 ErrorMessage::fatal("28000", "pgbastion accepts connections only over TLS")
-                    .with_hint("connect with sslmode=require (or verify-full with the gateway's CA)")
+                    .with_hint(
+                        "connect with sslmode=require (or verify-full with the gateway's CA)",
+                    )
                     .encode(&mut out);
                 tcp.write_all(&out).await?;
                 return Err(HandshakeError::Plaintext);
@@ -76,10 +91,19 @@ pub async fn open(mut tcp: TcpStream, tls: &Arc<rustls::ServerConfig>, max_start
     }
 }
 
-async fn inside_tls(mut stream: Box<ClientStream>, max_startup: usize) -> Result<Opening, HandshakeError> {
+async fn inside_tls(
+    mut stream: Box<ClientStream>,
+    max_startup: usize,
+) -> Result<Opening, HandshakeError> {
     match read_packet(&mut stream, max_startup).await? {
         StartupPacket::Startup(startup) => Ok(Opening::Session { stream, startup }),
-        StartupPacket::CancelRequest { process_id, secret_key } => Ok(Opening::Cancel { process_id, secret_key }),
+        StartupPacket::CancelRequest {
+            process_id,
+            secret_key,
+        } => Ok(Opening::Cancel {
+            process_id,
+            secret_key,
+        }),
         StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
             Err(ProtocolError::BadStartup("encryption requested twice").into())
         }

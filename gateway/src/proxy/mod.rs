@@ -114,18 +114,27 @@ pub async fn serve(
         }
     }
     stop_watching.cancel();
-    let order = StopOrder { reason: EndReason::GatewayShutdown, message: "pgbastion gateway is shutting down".into() };
+    let order = StopOrder {
+        reason: EndReason::GatewayShutdown,
+        message: "pgbastion gateway is shutting down".into(),
+    };
     let stopped = shared.registry.stop_all(&order);
     tracing::info!(sessions = stopped, "shutting down");
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some sessions did not end within {SHUTDOWN_GRACE:?}");
     }
     Ok(())
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
-    !matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied)
+    !matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::PermissionDenied
+    )
 }
 
 /// Polls the store for revoked credentials and stops their live sessions here. Works across
@@ -147,7 +156,11 @@ async fn watch_revocations(shared: Arc<Shared>, stop: CancellationToken) {
             continue;
         }
         let started = Utc::now();
-        match shared.store.revoked_since(last_ok - REVOCATION_OVERLAP).await {
+        match shared
+            .store
+            .revoked_since(last_ok - REVOCATION_OVERLAP)
+            .await
+        {
             Ok(ids) => {
                 for id in ids {
                     let n = shared.registry.stop_credential(id, &order);

@@ -40,7 +40,11 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.sessions.lock().expect("registry lock").remove(&self.process_id);
+        self.registry
+            .sessions
+            .lock()
+            .expect("registry lock")
+            .remove(&self.process_id);
     }
 }
 
@@ -71,13 +75,29 @@ impl Registry {
         };
         sessions.insert(
             process_id,
-            LiveSession { session_id, credential_id, secret_key, target, upstream_key, stop },
+            LiveSession {
+                session_id,
+                credential_id,
+                secret_key,
+                target,
+                upstream_key,
+                stop,
+            },
         );
-        Registration { registry: self.clone(), process_id, secret_key, stop: stop_rx }
+        Registration {
+            registry: self.clone(),
+            process_id,
+            secret_key,
+            stop: stop_rx,
+        }
     }
 
     /// The target and upstream key to cancel for this client key, if it matches a live session.
-    pub fn cancel_route(&self, process_id: i32, secret_key: i32) -> Option<(Arc<Target>, (i32, i32))> {
+    pub fn cancel_route(
+        &self,
+        process_id: i32,
+        secret_key: i32,
+    ) -> Option<(Arc<Target>, (i32, i32))> {
         let sessions = self.sessions.lock().expect("registry lock");
         let s = sessions.get(&process_id)?;
         // Constant-time comparison: the secret is the only thing that authorises a cancel.
@@ -154,8 +174,14 @@ mod tests {
     fn cancel_needs_the_right_secret() {
         let registry = Arc::new(Registry::default());
         let reg = registry.register(Uuid::new_v4(), Uuid::new_v4(), target(), Some((42, 4242)));
-        assert!(registry.cancel_route(reg.process_id, reg.secret_key.wrapping_add(1)).is_none());
-        let (_, key) = registry.cancel_route(reg.process_id, reg.secret_key).unwrap();
+        assert!(
+            registry
+                .cancel_route(reg.process_id, reg.secret_key.wrapping_add(1))
+                .is_none()
+        );
+        let (_, key) = registry
+            .cancel_route(reg.process_id, reg.secret_key)
+            .unwrap();
         assert_eq!(key, (42, 4242));
         drop(reg);
         assert!(registry.is_empty());
@@ -167,11 +193,17 @@ mod tests {
         let cred = Uuid::new_v4();
         let a = registry.register(Uuid::new_v4(), cred, target(), None);
         let b = registry.register(Uuid::new_v4(), Uuid::new_v4(), target(), None);
-        let order = StopOrder { reason: EndReason::Revoked, message: "revoked".into() };
+        let order = StopOrder {
+            reason: EndReason::Revoked,
+            message: "revoked".into(),
+        };
         assert_eq!(registry.stop_credential(cred, &order), 1);
         assert_eq!(a.stop.borrow().as_ref(), Some(&order));
         assert!(b.stop.borrow().is_none());
-        let shutdown = StopOrder { reason: EndReason::GatewayShutdown, message: "bye".into() };
+        let shutdown = StopOrder {
+            reason: EndReason::GatewayShutdown,
+            message: "bye".into(),
+        };
         registry.stop_all(&shutdown);
         assert_eq!(a.stop.borrow().as_ref(), Some(&order), "first order wins");
         assert_eq!(b.stop.borrow().as_ref(), Some(&shutdown));

@@ -104,7 +104,10 @@ impl Pump {
             while !self.out.is_empty() {
                 match dst.as_mut().poll_write(cx, &self.out) {
                     Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err((false, io::Error::from(io::ErrorKind::WriteZero).into())));
+                        return Poll::Ready(Err((
+                            false,
+                            io::Error::from(io::ErrorKind::WriteZero).into(),
+                        )));
                     }
                     Poll::Ready(Ok(n)) => {
                         self.out.advance(n);
@@ -148,7 +151,10 @@ impl Pump {
 
     /// Cuts the next chunk to forward off the buffer: all complete messages at its front, or the
     /// next piece of an oversized message.
-    fn next_chunk(&mut self, tap: &mut Option<Box<dyn SessionTap>>) -> Result<Option<Bytes>, RelayError> {
+    fn next_chunk(
+        &mut self,
+        tap: &mut Option<Box<dyn SessionTap>>,
+    ) -> Result<Option<Bytes>, RelayError> {
         if self.streaming > 0 {
             if self.buf.is_empty() {
                 return Ok(None);
@@ -168,7 +174,14 @@ impl Pump {
                 // Too large to hold: the tap sees what has arrived, the rest streams through.
                 if let Some(tap) = tap.as_mut() {
                     let body = Bytes::copy_from_slice(&self.buf[HEADER_LEN..]);
-                    tap.frame(self.direction, Frame { tag: h.tag, body_len: h.body_len, body });
+                    tap.frame(
+                        self.direction,
+                        Frame {
+                            tag: h.tag,
+                            body_len: h.body_len,
+                            body,
+                        },
+                    );
                 }
                 self.last_tag = h.tag;
                 self.streaming = h.frame_len();
@@ -193,7 +206,14 @@ fn show_frames(tap: &mut dyn SessionTap, direction: Direction, chunk: &Bytes) {
     let mut at = 0;
     while let Ok(Some(h)) = parse_header(&chunk[at..], usize::MAX) {
         let body = chunk.slice(at + HEADER_LEN..at + h.frame_len());
-        tap.frame(direction, Frame { tag: h.tag, body_len: h.body_len, body });
+        tap.frame(
+            direction,
+            Frame {
+                tag: h.tag,
+                body_len: h.body_len,
+                body,
+            },
+        );
         at += h.frame_len();
     }
 }
@@ -206,9 +226,17 @@ pub struct Relay {
 
 impl Relay {
     /// The leftovers hold bytes each side sent after the login, not yet forwarded.
-    pub fn new(max_client_message: usize, client_leftover: BytesMut, server_leftover: BytesMut) -> Self {
+    pub fn new(
+        max_client_message: usize,
+        client_leftover: BytesMut,
+        server_leftover: BytesMut,
+    ) -> Self {
         Relay {
-            client_to_server: Pump::new(Direction::ClientToServer, max_client_message, client_leftover),
+            client_to_server: Pump::new(
+                Direction::ClientToServer,
+                max_client_message,
+                client_leftover,
+            ),
             // Server messages are trusted to respect PostgreSQL's own 1 GB limit; big ones stream.
             server_to_client: Pump::new(Direction::ServerToClient, usize::MAX, server_leftover),
         }
@@ -228,15 +256,21 @@ impl Relay {
     {
         poll_fn(|cx| {
             let c2s = &mut self.client_to_server;
-            if let Poll::Ready(r) = c2s.poll_pump(cx, Pin::new(&mut *client), Pin::new(&mut *server), tap) {
+            if let Poll::Ready(r) =
+                c2s.poll_pump(cx, Pin::new(&mut *client), Pin::new(&mut *server), tap)
+            {
                 return Poll::Ready(match r {
-                    Ok(PumpDone::Eof) => RelayEnd::ClientClosed { said_goodbye: c2s.last_tag == TERMINATE },
+                    Ok(PumpDone::Eof) => RelayEnd::ClientClosed {
+                        said_goodbye: c2s.last_tag == TERMINATE,
+                    },
                     Err((true, e)) => RelayEnd::ClientFailed(e),
                     Err((false, e)) => RelayEnd::ServerFailed(e),
                 });
             }
             let s2c = &mut self.server_to_client;
-            if let Poll::Ready(r) = s2c.poll_pump(cx, Pin::new(&mut *server), Pin::new(&mut *client), tap) {
+            if let Poll::Ready(r) =
+                s2c.poll_pump(cx, Pin::new(&mut *server), Pin::new(&mut *client), tap)
+            {
                 return Poll::Ready(match r {
                     Ok(PumpDone::Eof) => RelayEnd::ServerClosed,
                     Err((true, e)) => RelayEnd::ServerFailed(e),
@@ -256,7 +290,11 @@ impl Relay {
     /// Ends the client's side with an error of our own: finishes writing whole messages already
     /// cut, then sends `error` if the client's stream is at a message boundary (otherwise the
     /// client would misread it, so the connection is just closed).
-    pub async fn close_client_with<C>(&mut self, client: &mut C, error: &ErrorMessage) -> io::Result<()>
+    pub async fn close_client_with<C>(
+        &mut self,
+        client: &mut C,
+        error: &ErrorMessage,
+    ) -> io::Result<()>
     where
         C: AsyncWrite + Unpin + ?Sized,
     {
@@ -293,7 +331,10 @@ mod tests {
 
     impl SessionTap for RecordingTap {
         fn frame(&mut self, direction: Direction, frame: Frame) {
-            self.0.lock().unwrap().push((direction, frame.tag, frame.body_len, frame.body.len()));
+            self.0
+                .lock()
+                .unwrap()
+                .push((direction, frame.tag, frame.body_len, frame.body.len()));
         }
         fn end(self: Box<Self>, _end: &SessionEnd) {}
     }
@@ -345,7 +386,10 @@ mod tests {
         assert_eq!(&back[5 + 3000..], &msg(b'Z', b"I")[..]);
         drop(client);
         let (end, bytes) = relay_task.await.unwrap();
-        assert!(matches!(end, RelayEnd::ClientClosed { said_goodbye: true }), "{end:?}");
+        assert!(
+            matches!(end, RelayEnd::ClientClosed { said_goodbye: true }),
+            "{end:?}"
+        );
         assert_eq!(server_side.await.unwrap(), pipeline);
         assert_eq!(bytes, (pipeline_len() as u64, (5 + 3000 + 6) as u64));
         let seen = seen.lock().unwrap();
@@ -403,7 +447,10 @@ mod tests {
         });
         client.write_all(&msg(b'Q', &[b'a'; 200])).await.unwrap();
         let end = task.await.unwrap();
-        assert!(matches!(end, RelayEnd::ClientFailed(RelayError::Protocol(ProtocolError::TooLarge { .. }))));
+        assert!(matches!(
+            end,
+            RelayEnd::ClientFailed(RelayError::Protocol(ProtocolError::TooLarge { .. }))
+        ));
     }
 
     #[tokio::test]
@@ -414,8 +461,14 @@ mod tests {
             let mut relay = Relay::new(100, BytesMut::new(), BytesMut::new());
             relay.run(&mut gw_client, &mut gw_server, &mut None).await
         });
-        client.write_all(&[b'Q', 0xff, 0xff, 0xff, 0xf0]).await.unwrap();
-        assert!(matches!(task.await.unwrap(), RelayEnd::ClientFailed(RelayError::Protocol(_))));
+        client
+            .write_all(&[b'Q', 0xff, 0xff, 0xff, 0xf0])
+            .await
+            .unwrap();
+        assert!(matches!(
+            task.await.unwrap(),
+            RelayEnd::ClientFailed(RelayError::Protocol(_))
+        ));
     }
 
     #[tokio::test]
@@ -426,8 +479,14 @@ mod tests {
             let mut relay = Relay::new(1000, BytesMut::new(), BytesMut::new());
             relay.run(&mut gw_client, &mut gw_server, &mut None).await
         });
-        client.write_all(&msg(b'Q', b"select 1\0")[..7]).await.unwrap();
+        client
+            .write_all(&msg(b'Q', b"select 1\0")[..7])
+            .await
+            .unwrap();
         drop(client);
-        assert!(matches!(task.await.unwrap(), RelayEnd::ClientFailed(RelayError::Truncated)));
+        assert!(matches!(
+            task.await.unwrap(),
+            RelayEnd::ClientFailed(RelayError::Truncated)
+        ));
     }
 }

@@ -26,11 +26,21 @@ use crate::record::SessionInfo;
 use crate::store::{EndReason, NewSession, SessionEnd};
 
 /// Serves one accepted connection. `_permit` holds its slot under `max_connections`.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+pub async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
     let _ = tcp.set_nodelay(true);
     let gw = &shared.config.gateway;
     let deadline = Instant::now() + Duration::from_secs(gw.auth_timeout_secs);
-    let opening = match timeout_at(deadline, handshake::open(tcp, &shared.tls, gw.max_startup_packet_bytes)).await {
+    let opening = match timeout_at(
+        deadline,
+        handshake::open(tcp, &shared.tls, gw.max_startup_packet_bytes),
+    )
+    .await
+    {
         Ok(Ok(opening)) => opening,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "connection refused during startup");
@@ -42,30 +52,41 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _perm
         }
     };
     match opening {
-        Opening::Cancel { process_id, secret_key } => cancel(&shared, process_id, secret_key).await,
-        Opening::Session { mut stream, startup } => {
-            let span = info_span!("session", %peer, user = startup.param("user").unwrap_or_default());
+        Opening::Cancel {
+            process_id,
+            secret_key,
+        } => cancel(&shared, process_id, secret_key).await,
+        Opening::Session {
+            mut stream,
+            startup,
+        } => {
+            let span =
+                info_span!("session", %peer, user = startup.param("user").unwrap_or_default());
             async {
                 if let Err(refusal) = check_startup(&startup) {
                     handshake::refuse(&mut *stream, &refusal).await;
                     return;
                 }
                 let mut buf = BytesMut::new();
-                let authorized =
-                    match timeout_at(deadline, auth::authenticate(&mut stream, &mut buf, &startup, &shared)).await {
-                        Ok(Ok(a)) => a,
-                        Ok(Err(refusal)) => {
-                            info!(reason = %refusal.log, "authentication refused");
-                            handshake::refuse(&mut *stream, &refusal.error).await;
-                            return;
-                        }
-                        Err(_) => {
-                            info!("authentication timed out");
-                            let error = ErrorMessage::fatal("08006", "authentication timed out");
-                            handshake::refuse(&mut *stream, &error).await;
-                            return;
-                        }
-                    };
+                let authorized = match timeout_at(
+                    deadline,
+                    auth::authenticate(&mut stream, &mut buf, &startup, &shared),
+                )
+                .await
+                {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(refusal)) => {
+                        info!(reason = %refusal.log, "authentication refused");
+                        handshake::refuse(&mut *stream, &refusal.error).await;
+                        return;
+                    }
+                    Err(_) => {
+                        info!("authentication timed out");
+                        let error = ErrorMessage::fatal("08006", "authentication timed out");
+                        handshake::refuse(&mut *stream, &error).await;
+                        return;
+                    }
+                };
                 run(stream, buf, startup, authorized, peer, deadline, &shared).await;
             }
             .instrument(span)
@@ -77,7 +98,14 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _perm
 /// Answers a connection over the limit with PostgreSQL's "too many clients" error, over TLS.
 pub async fn refuse_busy(tcp: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let opening = timeout_at(deadline, handshake::open(tcp, &shared.tls, shared.config.gateway.max_startup_packet_bytes));
+    let opening = timeout_at(
+        deadline,
+        handshake::open(
+            tcp,
+            &shared.tls,
+            shared.config.gateway.max_startup_packet_bytes,
+        ),
+    );
     if let Ok(Ok(Opening::Session { mut stream, .. })) = opening.await {
         let error = ErrorMessage::fatal(
             "53300",
@@ -93,12 +121,20 @@ pub async fn refuse_busy(tcp: TcpStream, shared: Arc<Shared>, _permit: OwnedSema
 /// Checks what the StartupMessage asks for before asking for a password.
 fn check_startup(startup: &StartupMessage) -> Result<(), ErrorMessage> {
     if startup.param("user").is_none_or(str::is_empty) {
-        return Err(ErrorMessage::fatal("28000", "no PostgreSQL user name specified in startup packet"));
+        return Err(ErrorMessage::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        ));
     }
-    if let Some(mode) = startup.param("replication").filter(|v| !matches!(*v, "false" | "off" | "no" | "0")) {
+    if let Some(mode) = startup
+        .param("replication")
+        .filter(|v| !matches!(*v, "false" | "off" | "no" | "0"))
+    {
         return Err(ErrorMessage::fatal(
             "0A000",
-            format!("replication connections (replication={mode}) are not supported through pgbastion"),
+            format!(
+                "replication connections (replication={mode}) are not supported through pgbastion"
+            ),
         ));
     }
     Ok(())
@@ -108,7 +144,11 @@ fn check_startup(startup: &StartupMessage) -> Result<(), ErrorMessage> {
 /// client_encoding, DateStyle, ...) unchanged, with user and database replaced by the target's,
 /// and the person's identity, the session id and the granted role appended to `options` (later
 /// `-c` settings win, so a client cannot override them there).
-fn upstream_params(startup: &StartupMessage, a: &Authorized, session_id: Uuid) -> Vec<(String, String)> {
+fn upstream_params(
+    startup: &StartupMessage,
+    a: &Authorized,
+    session_id: Uuid,
+) -> Vec<(String, String)> {
     let mut params = vec![
         ("user".to_string(), a.target.upstream_user.clone()),
         ("database".to_string(), a.target.database.clone()),
@@ -154,7 +194,12 @@ fn escape_option(value: &str) -> String {
 
 /// The `_pq_.` protocol options a client asked for; the gateway supports none of them.
 fn protocol_options(startup: &StartupMessage) -> Vec<&str> {
-    startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect()
+    startup
+        .params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect()
 }
 
 async fn run(
@@ -183,7 +228,10 @@ async fn run(
     };
     if let Err(e) = shared.store.insert_session(&started).await {
         warn!(error = %e, "cannot store the session; refusing it");
-        let error = ErrorMessage::fatal("57P03", "the gateway cannot record sessions right now; try again shortly");
+        let error = ErrorMessage::fatal(
+            "57P03",
+            "the gateway cannot record sessions right now; try again shortly",
+        );
         handshake::refuse(&mut *client, &error).await;
         return;
     }
@@ -196,22 +244,51 @@ async fn run(
         bytes_server_to_client: bytes.1 as i64,
     };
 
-    let upstream = match timeout_at(deadline.min(upstream_deadline(shared)), login_upstream(&startup, &authorized, session_id, shared)).await {
+    let upstream = match timeout_at(
+        deadline.min(upstream_deadline(shared)),
+        login_upstream(&startup, &authorized, session_id, shared),
+    )
+    .await
+    {
         Ok(Ok(u)) => u,
         Ok(Err(e)) => {
             fail_upstream(&mut client, &target.name, &e.to_string(), user_facing(&e)).await;
-            finish(shared, session_id, end(EndReason::UpstreamFailed, Some(e.to_string()), (0, 0))).await;
+            finish(
+                shared,
+                session_id,
+                end(EndReason::UpstreamFailed, Some(e.to_string()), (0, 0)),
+            )
+            .await;
             return;
         }
         Err(_) => {
             let detail = "login to the target timed out".to_string();
-            fail_upstream(&mut client, &target.name, &detail, "the target did not answer in time").await;
-            finish(shared, session_id, end(EndReason::UpstreamFailed, Some(detail), (0, 0))).await;
+            fail_upstream(
+                &mut client,
+                &target.name,
+                &detail,
+                "the target did not answer in time",
+            )
+            .await;
+            finish(
+                shared,
+                session_id,
+                end(EndReason::UpstreamFailed, Some(detail), (0, 0)),
+            )
+            .await;
             return;
         }
     };
-    let Upstream { stream: mut server, backend_key, welcome, leftover } = upstream;
-    let mut registration = shared.registry.register(session_id, credential.id, target.clone(), backend_key);
+    let Upstream {
+        stream: mut server,
+        backend_key,
+        welcome,
+        leftover,
+    } = upstream;
+    let mut registration =
+        shared
+            .registry
+            .register(session_id, credential.id, target.clone(), backend_key);
 
     // Login complete: AuthenticationOk, the server's parameters, our own cancel key, then the
     // server's ReadyForQuery (always the last 6 bytes of `welcome`).
@@ -226,7 +303,16 @@ async fn run(
     backend::backend_key_data(&mut hello, registration.process_id, registration.secret_key);
     hello.extend_from_slice(ready);
     if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
-        finish(shared, session_id, end(EndReason::ClientQuit, Some("client left during login".into()), (0, 0))).await;
+        finish(
+            shared,
+            session_id,
+            end(
+                EndReason::ClientQuit,
+                Some("client left during login".into()),
+                (0, 0),
+            ),
+        )
+        .await;
         return;
     }
 
@@ -241,7 +327,11 @@ async fn run(
         tls_version: started.tls_version.clone(),
     };
     let mut tap = shared.recorder.start(&info);
-    let mut relay = Relay::new(shared.config.gateway.max_client_message_bytes, client_buf, leftover);
+    let mut relay = Relay::new(
+        shared.config.gateway.max_client_message_bytes,
+        client_buf,
+        leftover,
+    );
     let outcome = tokio::select! {
         biased;
         order = registration.stop.wait_for(Option::is_some) => {
@@ -288,12 +378,23 @@ async fn login_upstream(
 ) -> Result<Upstream, UpstreamError> {
     let secret = match &a.target.upstream_secret_sealed {
         Some(sealed) => {
-            let plain = shared.secrets.open(sealed).map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
-            Some(String::from_utf8(plain).map_err(|_| UpstreamError::TlsConfig("upstream secret is not UTF-8".into()))?)
+            let plain = shared
+                .secrets
+                .open(sealed)
+                .map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
+            Some(
+                String::from_utf8(plain)
+                    .map_err(|_| UpstreamError::TlsConfig("upstream secret is not UTF-8".into()))?,
+            )
         }
         None => None,
     };
-    upstream::login(&a.target, secret.as_deref(), &upstream_params(startup, a, session_id)).await
+    upstream::login(
+        &a.target,
+        secret.as_deref(),
+        &upstream_params(startup, a, session_id),
+    )
+    .await
 }
 
 /// The part of an upstream failure a person may see: it names no host, user or secret.
@@ -310,27 +411,50 @@ fn user_facing(e: &UpstreamError) -> &'static str {
 
 async fn fail_upstream(client: &mut ClientStream, target: &str, detail: &str, shown: &str) {
     warn!(target, error = detail, "upstream login failed");
-    let error = ErrorMessage::fatal("08001", format!("cannot connect to target \"{target}\": {shown}"))
-        .with_hint("an admin can see the cause in the session record and the gateway log");
+    let error = ErrorMessage::fatal(
+        "08001",
+        format!("cannot connect to target \"{target}\": {shown}"),
+    )
+    .with_hint("an admin can see the cause in the session record and the gateway log");
     handshake::refuse(client, &error).await;
 }
 
 /// Turns how the relay ended into an end reason, telling the client about protocol errors.
-async fn conclude(end: RelayEnd, relay: &mut Relay, client: &mut ClientStream) -> (EndReason, Option<String>) {
+async fn conclude(
+    end: RelayEnd,
+    relay: &mut Relay,
+    client: &mut ClientStream,
+) -> (EndReason, Option<String>) {
     match end {
         RelayEnd::ClientClosed { said_goodbye: true } => (EndReason::ClientQuit, None),
-        RelayEnd::ClientClosed { said_goodbye: false } => {
-            (EndReason::ClientQuit, Some("client disconnected without Terminate".into()))
-        }
+        RelayEnd::ClientClosed {
+            said_goodbye: false,
+        } => (
+            EndReason::ClientQuit,
+            Some("client disconnected without Terminate".into()),
+        ),
         RelayEnd::ServerClosed => (EndReason::ServerClosed, None),
-        RelayEnd::ServerFailed(e) => (EndReason::ServerClosed, Some(format!("server connection failed: {e}"))),
+        RelayEnd::ServerFailed(e) => (
+            EndReason::ServerClosed,
+            Some(format!("server connection failed: {e}")),
+        ),
         RelayEnd::ClientFailed(RelayError::Protocol(e)) => {
-            let code = if matches!(e, ProtocolError::TooLarge { .. }) { "54000" } else { "08P01" };
+            let code = if matches!(e, ProtocolError::TooLarge { .. }) {
+                "54000"
+            } else {
+                "08P01"
+            };
             let error = ErrorMessage::fatal(code, format!("invalid message from client: {e}"));
             let _ = relay.close_client_with(client, &error).await;
-            (EndReason::Error, Some(format!("client broke the protocol: {e}")))
+            (
+                EndReason::Error,
+                Some(format!("client broke the protocol: {e}")),
+            )
         }
-        RelayEnd::ClientFailed(e) => (EndReason::ClientQuit, Some(format!("client connection failed: {e}"))),
+        RelayEnd::ClientFailed(e) => (
+            EndReason::ClientQuit,
+            Some(format!("client connection failed: {e}")),
+        ),
     }
 }
 
@@ -365,10 +489,21 @@ mod tests {
         let m = |params: &[(&str, &str)]| StartupMessage {
             major: 3,
             minor: 0,
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        assert_eq!(check_startup(&m(&[("user", "a"), ("replication", "database")])).unwrap_err().code, "0A000");
+        assert_eq!(
+            check_startup(&m(&[("user", "a"), ("replication", "database")]))
+                .unwrap_err()
+                .code,
+            "0A000"
+        );
         assert!(check_startup(&m(&[("user", "a"), ("replication", "false")])).is_ok());
-        assert_eq!(check_startup(&m(&[("database", "x")])).unwrap_err().code, "28000");
+        assert_eq!(
+            check_startup(&m(&[("database", "x")])).unwrap_err().code,
+            "28000"
+        );
     }
 }

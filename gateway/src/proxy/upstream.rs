@@ -47,7 +47,11 @@ pub enum UpstreamError {
     #[error("target TLS configuration is invalid: {0}")]
     TlsConfig(String),
     #[error("the server refused the login: {severity} {code} {message}")]
-    Refused { severity: String, code: String, message: String },
+    Refused {
+        severity: String,
+        code: String,
+        message: String,
+    },
     #[error("the server asks for a password, but the target has no upstream secret")]
     NoSecret,
     #[error("the server asks for authentication method {0}, which pgbastion cannot answer")]
@@ -78,7 +82,10 @@ pub async fn connect_transport(target: &Target) -> Result<UpstreamStream, Upstre
     let addr = format!("{}:{}", target.host, target.port);
     let mut tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
-        .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| UpstreamError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     // Small request/response messages: never wait to coalesce.
     let _ = tcp.set_nodelay(true);
     if target.tls_mode == UpstreamTls::Disable {
@@ -86,16 +93,25 @@ pub async fn connect_transport(target: &Target) -> Result<UpstreamStream, Upstre
     }
     tcp.write_all(&startup::encode_ssl_request())
         .await
-        .map_err(|source| UpstreamError::Connect { addr: addr.clone(), source })?;
+        .map_err(|source| UpstreamError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.map_err(|source| UpstreamError::Connect { addr, source })?;
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(|source| UpstreamError::Connect { addr, source })?;
     if answer[0] != b'S' {
         return Err(UpstreamError::TlsRefused(target.tls_mode.as_str()));
     }
     let config = client_tls_config(target)?;
-    let name = ServerName::try_from(target.host.clone())
-        .map_err(|_| UpstreamError::TlsConfig(format!("'{}' is not a valid host name", target.host)))?;
-    let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(UpstreamError::Tls)?;
+    let name = ServerName::try_from(target.host.clone()).map_err(|_| {
+        UpstreamError::TlsConfig(format!("'{}' is not a valid host name", target.host))
+    })?;
+    let tls = TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(UpstreamError::Tls)?;
     Ok(UpstreamStream::Tls(Box::new(tls)))
 }
 
@@ -111,8 +127,11 @@ fn client_tls_config(target: &Target) -> Result<Arc<rustls::ClientConfig>, Upstr
             })?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert = cert.map_err(|e| UpstreamError::TlsConfig(format!("CA certificate: {e}")))?;
-                roots.add(cert).map_err(|e| UpstreamError::TlsConfig(format!("CA certificate: {e}")))?;
+                let cert =
+                    cert.map_err(|e| UpstreamError::TlsConfig(format!("CA certificate: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| UpstreamError::TlsConfig(format!("CA certificate: {e}")))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -147,7 +166,12 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -156,7 +180,12 @@ impl ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -165,7 +194,11 @@ impl ServerCertVerifier for AnyServerCert {
 }
 
 /// Connects and logs in as the target's upstream user with `params` as the startup parameters.
-pub async fn login(target: &Target, secret: Option<&str>, params: &[(String, String)]) -> Result<Upstream, UpstreamError> {
+pub async fn login(
+    target: &Target,
+    secret: Option<&str>,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
     let mut stream = connect_transport(target).await?;
     let mut out = BytesMut::from(&startup::encode_startup(params)[..]);
     send(&mut stream, &mut out).await?;
@@ -176,65 +209,91 @@ pub async fn login(target: &Target, secret: Option<&str>, params: &[(String, Str
     loop {
         let frame = read_frame(&mut stream, &mut buf, LOGIN_MESSAGE_LIMIT).await?;
         match frame.tag {
-            backend::AUTHENTICATION => match AuthRequest::parse(&frame.body).map_err(ReadError::from)? {
-                AuthRequest::Ok => {}
-                AuthRequest::CleartextPassword => {
-                    frontend::password(&mut out, secret.ok_or(UpstreamError::NoSecret)?);
-                    send(&mut stream, &mut out).await?;
+            backend::AUTHENTICATION => {
+                match AuthRequest::parse(&frame.body).map_err(ReadError::from)? {
+                    AuthRequest::Ok => {}
+                    AuthRequest::CleartextPassword => {
+                        frontend::password(&mut out, secret.ok_or(UpstreamError::NoSecret)?);
+                        send(&mut stream, &mut out).await?;
+                    }
+                    AuthRequest::Md5Password { salt } => {
+                        let secret = secret.ok_or(UpstreamError::NoSecret)?;
+                        frontend::password(
+                            &mut out,
+                            &md5_hash(target.upstream_user.as_bytes(), secret.as_bytes(), salt),
+                        );
+                        send(&mut stream, &mut out).await?;
+                    }
+                    AuthRequest::Sasl { mechanisms } => {
+                        let secret = secret.ok_or(UpstreamError::NoSecret)?;
+                        let (mechanism, binding) = choose_scram(&stream, &mechanisms)?;
+                        let exchange = ScramSha256::new(secret.as_bytes(), binding);
+                        frontend::sasl_initial_response(&mut out, mechanism, exchange.message());
+                        scram = Some(exchange);
+                        send(&mut stream, &mut out).await?;
+                    }
+                    AuthRequest::SaslContinue { data } => {
+                        let exchange = scram
+                            .as_mut()
+                            .ok_or(UpstreamError::UnsupportedAuth("SASL out of order".into()))?;
+                        exchange.update(&data).map_err(UpstreamError::Scram)?;
+                        frontend::sasl_response(&mut out, exchange.message());
+                        send(&mut stream, &mut out).await?;
+                    }
+                    AuthRequest::SaslFinal { data } => {
+                        let mut exchange = scram
+                            .take()
+                            .ok_or(UpstreamError::UnsupportedAuth("SASL out of order".into()))?;
+                        // Proves the server knew the password too: a fake server is refused here.
+                        exchange.finish(&data).map_err(UpstreamError::Scram)?;
+                    }
+                    AuthRequest::Unsupported(code) => {
+                        return Err(UpstreamError::UnsupportedAuth(format!("code {code}")));
+                    }
                 }
-                AuthRequest::Md5Password { salt } => {
-                    let secret = secret.ok_or(UpstreamError::NoSecret)?;
-                    frontend::password(&mut out, &md5_hash(target.upstream_user.as_bytes(), secret.as_bytes(), salt));
-                    send(&mut stream, &mut out).await?;
-                }
-                AuthRequest::Sasl { mechanisms } => {
-                    let secret = secret.ok_or(UpstreamError::NoSecret)?;
-                    let (mechanism, binding) = choose_scram(&stream, &mechanisms)?;
-                    let exchange = ScramSha256::new(secret.as_bytes(), binding);
-                    frontend::sasl_initial_response(&mut out, mechanism, exchange.message());
-                    scram = Some(exchange);
-                    send(&mut stream, &mut out).await?;
-                }
-                AuthRequest::SaslContinue { data } => {
-                    let exchange = scram.as_mut().ok_or(UpstreamError::UnsupportedAuth("SASL out of order".into()))?;
-                    exchange.update(&data).map_err(UpstreamError::Scram)?;
-                    frontend::sasl_response(&mut out, exchange.message());
-                    send(&mut stream, &mut out).await?;
-                }
-                AuthRequest::SaslFinal { data } => {
-                    let mut exchange = scram.take().ok_or(UpstreamError::UnsupportedAuth("SASL out of order".into()))?;
-                    // Proves the server knew the password too: a fake server is refused here.
-                    exchange.finish(&data).map_err(UpstreamError::Scram)?;
-                }
-                AuthRequest::Unsupported(code) => return Err(UpstreamError::UnsupportedAuth(format!("code {code}"))),
-            },
+            }
             backend::ERROR_RESPONSE => {
                 let f = ErrorFields::parse(frame.tag, &frame.body).unwrap_or_default();
-                return Err(UpstreamError::Refused { severity: f.severity, code: f.code, message: f.message });
+                return Err(UpstreamError::Refused {
+                    severity: f.severity,
+                    code: f.code,
+                    message: f.message,
+                });
             }
             backend::BACKEND_KEY_DATA => {
-                backend_key = Some(backend::parse_backend_key_data(&frame.body).map_err(ReadError::from)?);
+                backend_key =
+                    Some(backend::parse_backend_key_data(&frame.body).map_err(ReadError::from)?);
             }
             // The gateway asked for 3.0 and no options; a server answering this is still fine.
             backend::NEGOTIATE_PROTOCOL_VERSION => {}
             tag => {
                 backend::put_message(&mut welcome, tag, |b| b.extend_from_slice(&frame.body));
                 if tag == backend::READY_FOR_QUERY {
-                    return Ok(Upstream { stream, backend_key, welcome, leftover: buf });
+                    return Ok(Upstream {
+                        stream,
+                        backend_key,
+                        welcome,
+                        leftover: buf,
+                    });
                 }
             }
         }
     }
 }
 
-fn choose_scram(stream: &UpstreamStream, mechanisms: &[String]) -> Result<(&'static str, ChannelBinding), UpstreamError> {
+fn choose_scram(
+    stream: &UpstreamStream,
+    mechanisms: &[String],
+) -> Result<(&'static str, ChannelBinding), UpstreamError> {
     let offers = |m: &str| mechanisms.iter().any(|x| x == m);
     match stream {
         UpstreamStream::Tls(tls) => {
-            if offers("SCRAM-SHA-256-PLUS") {
-                if let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                    return Ok(("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(end_point_hash(cert))));
-                }
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            if let Some(cert) = cert.filter(|_| offers("SCRAM-SHA-256-PLUS")) {
+                return Ok((
+                    "SCRAM-SHA-256-PLUS",
+                    ChannelBinding::tls_server_end_point(end_point_hash(cert)),
+                ));
             }
             if offers("SCRAM-SHA-256") {
                 return Ok(("SCRAM-SHA-256", ChannelBinding::unrequested()));
@@ -246,7 +305,10 @@ fn choose_scram(stream: &UpstreamStream, mechanisms: &[String]) -> Result<(&'sta
             }
         }
     }
-    Err(UpstreamError::UnsupportedAuth(format!("SASL {}", mechanisms.join(", "))))
+    Err(UpstreamError::UnsupportedAuth(format!(
+        "SASL {}",
+        mechanisms.join(", ")
+    )))
 }
 
 /// RFC 5929 `tls-server-end-point`: the certificate hashed with its signature's hash function,
@@ -267,8 +329,14 @@ fn end_point_hash(cert: &CertificateDer<'_>) -> Vec<u8> {
 }
 
 async fn send(stream: &mut UpstreamStream, out: &mut BytesMut) -> Result<(), UpstreamError> {
-    stream.write_all(out).await.map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
-    stream.flush().await.map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
+    stream
+        .write_all(out)
+        .await
+        .map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
     out.clear();
     Ok(())
 }
@@ -277,8 +345,14 @@ async fn send(stream: &mut UpstreamStream, out: &mut BytesMut) -> Result<(), Ups
 pub async fn cancel(target: &Target, key: (i32, i32)) -> Result<(), UpstreamError> {
     let mut stream = connect_transport(target).await?;
     let packet = startup::encode_cancel(key.0, key.1);
-    stream.write_all(&packet).await.map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
-    stream.flush().await.map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
+    stream
+        .write_all(&packet)
+        .await
+        .map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| UpstreamError::Protocol(ReadError::Io(e)))?;
     // The server closes the connection when it has handled the request.
     let mut sink = [0u8; 16];
     let _ = stream.read(&mut sink).await;
@@ -286,7 +360,11 @@ pub async fn cancel(target: &Target, key: (i32, i32)) -> Result<(), UpstreamErro
 }
 
 impl AsyncRead for UpstreamStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -295,7 +373,11 @@ impl AsyncRead for UpstreamStream {
 }
 
 impl AsyncWrite for UpstreamStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -260,8 +260,7 @@ pub(super) fn decode_tls_mode(value: &str) -> super::StoreResult<UpstreamTls> {
 }
 
 pub(super) fn decode_port(value: i64) -> super::StoreResult<u16> {
-    u16::try_from(value)
-        .map_err(|_| super::StoreError::Corrupt(format!("targets.port is {value}")))
+    u16::try_from(value).map_err(|_| super::StoreError::Corrupt(format!("targets.port is {value}")))
 }
 
 pub(super) fn decode_subject(kind: &str, name: String) -> super::StoreResult<GrantSubject> {
@@ -301,7 +300,10 @@ pub(super) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 
 /// The name a duplicate grant is reported under, e.g. "group dba as role admin on prod".
 pub(super) fn grant_label(grant: &NewGrant, target_name: &str) -> String {
-    format!("{} as role {} on {target_name}", grant.subject, grant.db_role)
+    format!(
+        "{} as role {} on {target_name}",
+        grant.subject, grant.db_role
+    )
 }
 
 /// The current time at the precision both engines keep (microseconds, like PostgreSQL), so a

@@ -202,19 +202,27 @@ impl Store for PgStore {
     }
 
     async fn person_by_login(&self, login: &str) -> StoreResult<Option<Person>> {
-        sqlx::query(concat!("SELECT ", person_columns!(), " FROM people WHERE login = $1"))
-            .bind(login)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(person_from_row)
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            person_columns!(),
+            " FROM people WHERE login = $1"
+        ))
+        .bind(login)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(person_from_row)
+        .transpose()
     }
 
     async fn list_people(&self) -> StoreResult<Vec<Person>> {
-        let all = sqlx::query(concat!("SELECT ", person_columns!(), " FROM people ORDER BY login"))
-            .fetch_all(&self.pool)
-            .await?;
+        let all = sqlx::query(concat!(
+            "SELECT ",
+            person_columns!(),
+            " FROM people ORDER BY login"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows(all, person_from_row)
     }
 
@@ -242,29 +250,41 @@ impl Store for PgStore {
     }
 
     async fn target_by_name(&self, name: &str) -> StoreResult<Option<Target>> {
-        sqlx::query(concat!("SELECT ", target_columns!(), " FROM targets WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(target_from_row)
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            target_columns!(),
+            " FROM targets WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(target_from_row)
+        .transpose()
     }
 
     async fn target_by_id(&self, id: Uuid) -> StoreResult<Option<Target>> {
-        sqlx::query(concat!("SELECT ", target_columns!(), " FROM targets WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(target_from_row)
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            target_columns!(),
+            " FROM targets WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(target_from_row)
+        .transpose()
     }
 
     async fn list_targets(&self) -> StoreResult<Vec<Target>> {
-        let all = sqlx::query(concat!("SELECT ", target_columns!(), " FROM targets ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let all = sqlx::query(concat!(
+            "SELECT ",
+            target_columns!(),
+            " FROM targets ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows(all, target_from_row)
     }
 
@@ -388,13 +408,17 @@ impl Store for PgStore {
     }
 
     async fn credential(&self, id: Uuid) -> StoreResult<Option<Credential>> {
-        sqlx::query(concat!("SELECT ", credential_columns!(), " FROM credentials WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(credential_from_row)
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            credential_columns!(),
+            " FROM credentials WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(credential_from_row)
+        .transpose()
     }
 
     async fn revoke_credential(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
@@ -491,13 +515,17 @@ impl Store for PgStore {
     }
 
     async fn session(&self, id: Uuid) -> StoreResult<Option<Session>> {
-        sqlx::query(concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(session_from_row)
-            .transpose()
+        sqlx::query(concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(session_from_row)
+        .transpose()
     }
 
     async fn list_sessions(&self, limit: i64) -> StoreResult<Vec<Session>> {

@@ -50,6 +50,7 @@ fn build_or_reuse(bin_dir: &Path) -> anyhow::Result<PathBuf> {
     // The final rename is the last step, so a directory with this name is complete.
     if !template.exists() {
         build(bin_dir, &cache, &template)?;
+        remove_stale_templates(&cache, &template);
     }
     Ok(template)
 }
@@ -125,6 +126,24 @@ fn build(bin_dir: &Path, cache: &Path, template: &Path) -> anyhow::Result<()> {
         "copying the template into the cache",
     )?;
     fs::rename(&partial, template).context("cannot move the template into place")
+}
+
+/// Templates of an older setup are never used again; each takes ~50 MB.
+fn remove_stale_templates(cache: &Path, current: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("pg-template-")
+            && entry.path().is_dir()
+            && entry.path() != current;
+        if stale {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Roles, the `app` database and its `items` table, as psql input.

@@ -8,6 +8,7 @@ mod serve;
 mod target;
 mod token;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -125,7 +126,9 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("log.filter '{}' is not a tracing filter", config.log.filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files or a journal.
+        .with_ansi(std::io::stderr().is_terminal());
     // Another subscriber can only exist in tests; keep it then.
     let _ = if config.log.format == "json" {
         builder.json().try_init()

@@ -180,7 +180,7 @@ fn print_issued(ctx: &Ctx, issued: &Issued, format: Format) -> anyhow::Result<()
                 "issued_at": cred.issued_at,
                 "expires_at": cred.expires_at,
                 "lifetime_secs": issued.lifetime_secs,
-                "capped_by_grant": issued.capped_by_grant.is_some(),
+                "capped_by_grant_secs": issued.capped_by_grant,
                 "psql": psql,
                 "uri": uri,
             });
