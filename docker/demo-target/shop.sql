@@ -1,35 +1,40 @@
--- The demo target: a `shop` database with sample data and the roles pgbastion uses.
+-- The demo target: a `shop` database with sample data and the roles pgbastion logs in as.
 --
 -- Run by psql as a superuser connected to any database of the cluster: by the postgres image's
 -- entrypoint (this directory is its /docker-entrypoint-initdb.d) and by scripts/demo. The
--- password of bastion_app comes from the environment variable BASTION_APP_PASSWORD; people never
--- see it, only pgbastion does (sealed in its store).
+-- passwords of shop_ro and shop_rw come from the environment variables SHOP_RO_PASSWORD and
+-- SHOP_RW_PASSWORD; people never see them, only pgbastion does (sealed in its store).
 --
--- Roles:
---   bastion_app  LOGIN, NOINHERIT: the account pgbastion logs in as. On its own it can read
---                nothing; the gateway applies the granted role (the startup `role` setting,
---                which works like SET ROLE), so every session runs as shop_ro or shop_rw.
---   shop_ro      NOLOGIN: SELECT on every table.
---   shop_rw      NOLOGIN: SELECT, INSERT, UPDATE, DELETE.
+-- Roles: pgbastion logs in upstream as the role a person was granted, so each grantable role is
+-- a LOGIN role of its own, and a session cannot switch to another one: neither role is a member
+-- of any other, so `SET ROLE shop_rw` in a shop_ro session is refused.
+--   shop_ro  LOGIN: SELECT on every table. The target's default login
+--            (`pgbastion target add shop --user shop_ro`).
+--   shop_rw  LOGIN: SELECT, INSERT, UPDATE, DELETE
+--            (`pgbastion target login add shop shop_rw`).
 
 \set ON_ERROR_STOP on
-\getenv bastion_app_password BASTION_APP_PASSWORD
-\if :{?bastion_app_password}
+\getenv shop_ro_password SHOP_RO_PASSWORD
+\getenv shop_rw_password SHOP_RW_PASSWORD
+\if :{?shop_ro_password}
 \else
-  DO $$ BEGIN RAISE EXCEPTION 'shop.sql: set BASTION_APP_PASSWORD (the password pgbastion logs in with)'; END $$;
+  DO $$ BEGIN RAISE EXCEPTION 'shop.sql: set SHOP_RO_PASSWORD (the password pgbastion logs in as shop_ro with)'; END $$;
+\endif
+\if :{?shop_rw_password}
+\else
+  DO $$ BEGIN RAISE EXCEPTION 'shop.sql: set SHOP_RW_PASSWORD (the password pgbastion logs in as shop_rw with)'; END $$;
 \endif
 
 SET password_encryption = 'scram-sha-256';
-CREATE ROLE shop_ro NOLOGIN;
-CREATE ROLE shop_rw NOLOGIN;
-CREATE ROLE bastion_app LOGIN NOINHERIT PASSWORD :'bastion_app_password' IN ROLE shop_ro, shop_rw;
+CREATE ROLE shop_ro LOGIN PASSWORD :'shop_ro_password';
+CREATE ROLE shop_rw LOGIN PASSWORD :'shop_rw_password';
 
 CREATE DATABASE shop;
 \connect shop
 
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 REVOKE ALL ON DATABASE shop FROM PUBLIC;
-GRANT CONNECT ON DATABASE shop TO bastion_app;
+GRANT CONNECT ON DATABASE shop TO shop_ro, shop_rw;
 GRANT USAGE ON SCHEMA public TO shop_ro, shop_rw;
 
 CREATE TABLE products (

@@ -399,8 +399,9 @@ impl std::fmt::Debug for PgCluster {
     }
 }
 
-/// pg_hba.conf: the superuser by trust (socket and TCP), then one line per role. Anything
-/// else matches no line and is refused.
+/// pg_hba.conf: the superuser by trust (socket and TCP), then one line per role, then SCRAM
+/// for roles that tests create themselves (the first matching line wins, so the fixed roles
+/// keep their own method).
 fn hba_conf() -> String {
     let mut conf =
         format!("local all {SUPERUSER} trust\nhost all {SUPERUSER} 127.0.0.1/32 trust\n");
@@ -410,6 +411,7 @@ fn hba_conf() -> String {
             role.connection_type, role.name, role.method
         );
     }
+    conf += "host all all 127.0.0.1/32 scram-sha-256\n";
     conf
 }
 

@@ -201,11 +201,39 @@ async fn granted_role_identity_and_client_parameters_reach_the_server() -> anyho
     let lab = Lab::start(&[])?;
     lab.pg.psql(
         pg::APP_DB,
-        "create role app_ro nologin; grant select on items to app_ro; grant app_ro to scram_user;",
+        "create role app_ro login password 'app-ro-secret'; grant select on items to app_ro; \
+         grant app_ro to scram_user;",
     )?;
     lab.add_target("shop", pg::SCRAM_USER, "disable")?;
     lab.grant("shop", "app_ro")?;
     let issued = lab.issue("shop", "app_ro", &[])?;
+    // No upstream login for app_ro yet: refused with a message an admin can act on.
+    let err = lab
+        .psql("shop", &issued.token, "select 1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no upstream login for the granted role"),
+        "{err}"
+    );
+    let out = lab
+        .bastion
+        .command(&[
+            "target",
+            "login",
+            "add",
+            "shop",
+            "app_ro",
+            "--password-env",
+            "ROLE_SECRET",
+        ])
+        .env("ROLE_SECRET", "app-ro-secret")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let conn = format!(
         "host=127.0.0.1 port={} user=alice dbname=shop password={} sslmode=require application_name=auditing-app \
          options='-c search_path=pg_catalog,public -c work_mem=7MB'",
@@ -227,8 +255,8 @@ async fn granted_role_identity_and_client_parameters_reach_the_server() -> anyho
     );
     assert_eq!(
         row.get::<_, String>(1),
-        pg::SCRAM_USER,
-        "the gateway logged in as the target's login"
+        "app_ro",
+        "the gateway logged in as the granted role itself"
     );
     assert_eq!(row.get::<_, String>(2), "auditing-app");
     assert_eq!(row.get::<_, String>(3), "pg_catalog,public");
@@ -241,10 +269,16 @@ async fn granted_role_identity_and_client_parameters_reach_the_server() -> anyho
         Some("42501"),
         "app_ro cannot write"
     );
-    // A client cannot take over someone else's identity through options.
+    // The session cannot leave its role: it is that role upstream, not a shared login.
+    let escape = client
+        .batch_execute("set role scram_user")
+        .await
+        .unwrap_err();
+    assert_eq!(escape.code().map(|c| c.code()), Some("42501"), "{escape}");
+    // A client cannot take over someone else's identity at login, in options or parameters.
     let conn = format!(
         "host=127.0.0.1 port={} user=alice dbname=shop password={} sslmode=require \
-         options='-c pgbastion.identity=mallory -c role=scram_user'",
+         options='-c pgbastion.identity=mallory'",
         lab.bastion.gateway_port, issued.token
     );
     let (client, _task) = tokio_postgres_connect_with(&conn, tls_config(None, None)?).await?;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use gateway::store::{
     Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, SessionEnd, Store,
-    StoreError, UpstreamTls, postgres::PgStore, sqlite::SqliteStore,
+    StoreError, TargetLogin, UpstreamTls, postgres::PgStore, sqlite::SqliteStore,
 };
 use harness::PgCluster;
 use tempfile::TempDir;
@@ -88,6 +88,12 @@ on_both_engines!(
     targets_are_listed_by_name,
     removing_a_target_removes_its_grants_but_keeps_credentials_and_sessions,
     removing_an_unknown_target_reports_false,
+    target_login_round_trips_with_and_without_a_secret,
+    setting_a_known_login_again_replaces_its_secret_and_time,
+    target_logins_are_listed_by_role_per_target,
+    removing_a_target_login_reports_whether_it_existed,
+    removing_a_target_removes_its_logins,
+    login_on_an_unknown_target_is_refused,
     grant_on_an_unknown_target_is_refused,
     duplicate_grant_is_refused,
     grants_are_listed_all_or_per_target,
@@ -135,6 +141,19 @@ fn new_target(name: &str) -> NewTarget {
         upstream_user: "bastion".to_string(),
         upstream_secret_sealed: Some(vec![0, 1, 2, 255]),
     }
+}
+
+fn target_login(target_id: Uuid, role: &str, secret: Option<&[u8]>) -> TargetLogin {
+    TargetLogin {
+        target_id,
+        role: role.to_string(),
+        secret_sealed: secret.map(<[u8]>::to_vec),
+        created_at: at("2026-01-02T03:04:05.123456Z"),
+    }
+}
+
+fn roles(logins: &[TargetLogin]) -> Vec<String> {
+    logins.iter().map(|l| l.role.clone()).collect()
 }
 
 fn grant(subject: GrantSubject, target_id: Uuid, db_role: &str) -> NewGrant {
@@ -349,6 +368,129 @@ async fn removing_a_target_removes_its_grants_but_keeps_credentials_and_sessions
 
 async fn removing_an_unknown_target_reports_false(store: Arc<dyn Store>) -> Result<()> {
     assert!(!store.remove_target("nowhere").await?);
+    Ok(())
+}
+
+// --- Upstream logins ---
+
+async fn target_login_round_trips_with_and_without_a_secret(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let sealed = target_login(prod.id, "shop_rw", Some(&[0, 1, 2, 255]));
+    let trusted = target_login(prod.id, "shop_ro", None);
+    store.set_target_login(&sealed).await?;
+    store.set_target_login(&trusted).await?;
+
+    assert_eq!(store.target_login(prod.id, "shop_rw").await?, Some(sealed));
+    assert_eq!(store.target_login(prod.id, "shop_ro").await?, Some(trusted));
+    assert_eq!(store.target_login(prod.id, "shop_admin").await?, None);
+    assert_eq!(store.target_login(Uuid::new_v4(), "shop_rw").await?, None);
+    Ok(())
+}
+
+async fn setting_a_known_login_again_replaces_its_secret_and_time(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    store
+        .set_target_login(&target_login(prod.id, "shop_rw", Some(b"old")))
+        .await?;
+    let rotated = TargetLogin {
+        created_at: at("2026-02-03T04:05:06.654321Z"),
+        ..target_login(prod.id, "shop_rw", Some(b"new"))
+    };
+    store.set_target_login(&rotated).await?;
+    assert_eq!(
+        store.list_target_logins(prod.id).await?,
+        vec![rotated.clone()]
+    );
+
+    // Replacing with no secret (trust or certificate login) clears the old one.
+    let cleared = TargetLogin {
+        secret_sealed: None,
+        ..rotated
+    };
+    store.set_target_login(&cleared).await?;
+    assert_eq!(store.target_login(prod.id, "shop_rw").await?, Some(cleared));
+    Ok(())
+}
+
+async fn target_logins_are_listed_by_role_per_target(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let staging = store.add_target(&new_target("staging")).await?;
+    for role in ["writer", "Auditor", "admin", "reader"] {
+        store
+            .set_target_login(&target_login(prod.id, role, Some(b"s")))
+            .await?;
+    }
+    // The same role name on another target is another login.
+    store
+        .set_target_login(&target_login(staging.id, "reader", None))
+        .await?;
+
+    // Byte order on both engines, whatever the database's locale.
+    assert_eq!(
+        roles(&store.list_target_logins(prod.id).await?),
+        strings(&["Auditor", "admin", "reader", "writer"])
+    );
+    assert_eq!(
+        store.list_target_logins(staging.id).await?,
+        vec![target_login(staging.id, "reader", None)]
+    );
+    assert!(store.list_target_logins(Uuid::new_v4()).await?.is_empty());
+    Ok(())
+}
+
+async fn removing_a_target_login_reports_whether_it_existed(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    store
+        .set_target_login(&target_login(prod.id, "reader", Some(b"s")))
+        .await?;
+    store
+        .set_target_login(&target_login(prod.id, "writer", Some(b"s")))
+        .await?;
+
+    assert!(store.remove_target_login(prod.id, "writer").await?);
+    assert!(!store.remove_target_login(prod.id, "writer").await?);
+    assert!(!store.remove_target_login(prod.id, "nobody").await?);
+    assert!(!store.remove_target_login(Uuid::new_v4(), "reader").await?);
+    assert_eq!(
+        roles(&store.list_target_logins(prod.id).await?),
+        strings(&["reader"])
+    );
+    Ok(())
+}
+
+async fn removing_a_target_removes_its_logins(store: Arc<dyn Store>) -> Result<()> {
+    let prod = store.add_target(&new_target("prod")).await?;
+    let staging = store.add_target(&new_target("staging")).await?;
+    store
+        .set_target_login(&target_login(prod.id, "reader", Some(b"s")))
+        .await?;
+    let kept = target_login(staging.id, "reader", Some(b"s"));
+    store.set_target_login(&kept).await?;
+
+    assert!(store.remove_target("prod").await?);
+
+    assert!(store.list_target_logins(prod.id).await?.is_empty());
+    assert_eq!(store.target_login(prod.id, "reader").await?, None);
+    assert_eq!(store.list_target_logins(staging.id).await?, vec![kept]);
+    // A new target of the same name starts without logins.
+    let again = store.add_target(&new_target("prod")).await?;
+    assert!(store.list_target_logins(again.id).await?.is_empty());
+    Ok(())
+}
+
+async fn login_on_an_unknown_target_is_refused(store: Arc<dyn Store>) -> Result<()> {
+    let missing = Uuid::new_v4();
+    let err = store
+        .set_target_login(&target_login(missing, "reader", Some(b"s")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "target", name } if *name == missing.to_string()),
+        "{err:?}"
+    );
+    assert!(store.list_target_logins(missing).await?.is_empty());
     Ok(())
 }
 

@@ -342,6 +342,18 @@ impl Store for FakeStore {
     async fn remove_target(&self, _: &str) -> StoreResult<bool> {
         unreachable!("issue does not remove targets")
     }
+    async fn set_target_login(&self, _: &TargetLogin) -> StoreResult<()> {
+        unreachable!("issue does not write upstream logins")
+    }
+    async fn target_login(&self, _: Uuid, _: &str) -> StoreResult<Option<TargetLogin>> {
+        unreachable!("issue does not read upstream logins")
+    }
+    async fn list_target_logins(&self, _: Uuid) -> StoreResult<Vec<TargetLogin>> {
+        unreachable!("issue does not read upstream logins")
+    }
+    async fn remove_target_login(&self, _: Uuid, _: &str) -> StoreResult<bool> {
+        unreachable!("issue does not write upstream logins")
+    }
     async fn add_grant(&self, _: &NewGrant) -> StoreResult<Grant> {
         unreachable!("issue does not write grants")
     }

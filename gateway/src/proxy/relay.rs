@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
 use crate::protocol::ProtocolError;
-use crate::protocol::backend::ErrorMessage;
+use crate::protocol::backend::{ERROR_RESPONSE, ErrorFields, ErrorMessage};
 use crate::protocol::frame::{Frame, HEADER_LEN, parse_header};
 use crate::protocol::frontend::TERMINATE;
 use crate::record::{Direction, SessionTap};
@@ -62,6 +62,8 @@ struct Pump {
     need_flush: bool,
     last_tag: u8,
     bytes: u64,
+    /// The last FATAL the server sent, if any (server-to-client direction only).
+    server_fatal: Option<String>,
 }
 
 enum PumpDone {
@@ -79,6 +81,7 @@ impl Pump {
             need_flush: false,
             last_tag: 0,
             bytes: 0,
+            server_fatal: None,
         }
     }
 
@@ -166,6 +169,17 @@ impl Pump {
         let mut end = 0;
         while let Some(h) = parse_header(&self.buf[end..], self.limit)? {
             if end + h.frame_len() <= self.buf.len() {
+                if h.tag == ERROR_RESPONSE && self.direction == Direction::ServerToClient {
+                    // Rare, so worth a look: a FATAL means the server is ending the session, and
+                    // the client may hang up before the server's close reaches us.
+                    let body = &self.buf[end + HEADER_LEN..end + h.frame_len()];
+                    if let Ok(f) = ErrorFields::parse(h.tag, body)
+                        && matches!(f.severity.as_str(), "FATAL" | "PANIC")
+                    {
+                        self.server_fatal =
+                            Some(format!("{} {}: {}", f.severity, f.code, f.message));
+                    }
+                }
                 end += h.frame_len();
                 self.last_tag = h.tag;
                 continue;
@@ -308,6 +322,11 @@ impl Relay {
         }
         client.flush().await?;
         client.shutdown().await
+    }
+
+    /// The FATAL error the server sent before closing, if it did.
+    pub fn server_fatal(&self) -> Option<&str> {
+        self.server_to_client.server_fatal.as_deref()
     }
 
     /// True when the client's last message was Terminate (so the server was told goodbye).

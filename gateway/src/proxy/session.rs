@@ -96,25 +96,27 @@ pub async fn handle(
 }
 
 /// Answers a connection over the limit with PostgreSQL's "too many clients" error, over TLS.
+/// Cancel requests are still honoured: a full gateway is when someone most needs to stop a
+/// runaway query.
 pub async fn refuse_busy(tcp: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let opening = timeout_at(
-        deadline,
-        handshake::open(
-            tcp,
-            &shared.tls,
-            shared.config.gateway.max_startup_packet_bytes,
-        ),
-    );
-    if let Ok(Ok(Opening::Session { mut stream, .. })) = opening.await {
-        let error = ErrorMessage::fatal(
-            "53300",
-            format!(
-                "sorry, too many clients already: the gateway allows {} connections",
-                shared.config.gateway.max_connections
-            ),
-        );
-        handshake::refuse(&mut *stream, &error).await;
+    let max_startup = shared.config.gateway.max_startup_packet_bytes;
+    match timeout_at(deadline, handshake::open(tcp, &shared.tls, max_startup)).await {
+        Ok(Ok(Opening::Session { mut stream, .. })) => {
+            let error = ErrorMessage::fatal(
+                "53300",
+                format!(
+                    "sorry, too many clients already: the gateway allows {} connections",
+                    shared.config.gateway.max_connections
+                ),
+            );
+            handshake::refuse(&mut *stream, &error).await;
+        }
+        Ok(Ok(Opening::Cancel {
+            process_id,
+            secret_key,
+        })) => cancel(&shared, process_id, secret_key).await,
+        _ => {}
     }
 }
 
@@ -141,55 +143,44 @@ fn check_startup(startup: &StartupMessage) -> Result<(), ErrorMessage> {
 }
 
 /// Startup parameters for the upstream login: the client's own (application_name, options,
-/// client_encoding, DateStyle, ...) unchanged, with user and database replaced by the target's,
-/// and the person's identity, the session id and the granted role appended to `options` (later
-/// `-c` settings win, so a client cannot override them there).
+/// client_encoding, DateStyle, ...) unchanged, with user and database replaced by the upstream
+/// login and database, and the person's identity, the session id and the credential id added.
+///
+/// The identity settings go in as startup parameters of their own, which PostgreSQL applies
+/// after everything in `options`, and any `pgbastion.*` parameter the client sent is dropped, so
+/// a client cannot set them at login. (It can still `SET` them later: they are informational
+/// for server-side logs; pgbastion's own session record is the authoritative who-did-what.)
 fn upstream_params(
     startup: &StartupMessage,
     a: &Authorized,
+    upstream_user: &str,
     session_id: Uuid,
 ) -> Vec<(String, String)> {
     let mut params = vec![
-        ("user".to_string(), a.target.upstream_user.clone()),
+        ("user".to_string(), upstream_user.to_string()),
         ("database".to_string(), a.target.database.clone()),
     ];
-    let mut options = String::new();
     for (k, v) in &startup.params {
-        match k.as_str() {
-            "user" | "database" | "replication" => {}
-            k if k.starts_with("_pq_.") => {}
-            "options" => options.push_str(v),
-            _ => params.push((k.clone(), v.clone())),
+        let lower = k.to_ascii_lowercase();
+        let reserved = matches!(
+            lower.as_str(),
+            "user" | "database" | "replication" | "role" | "session_authorization"
+        ) || lower.starts_with("_pq_.")
+            || lower.starts_with("pgbastion.");
+        if !reserved {
+            params.push((k.clone(), v.clone()));
         }
     }
-    for (name, value) in [
-        ("pgbastion.identity", a.credential.person_login.as_str()),
-        ("pgbastion.session_id", &session_id.to_string()),
-        ("pgbastion.credential_id", &a.credential.id.to_string()),
-        ("role", a.credential.db_role.as_str()),
-    ] {
-        if !options.is_empty() {
-            options.push(' ');
-        }
-        options.push_str("-c ");
-        options.push_str(name);
-        options.push('=');
-        options.push_str(&escape_option(value));
-    }
-    params.push(("options".to_string(), options));
+    params.push((
+        "pgbastion.identity".to_string(),
+        a.credential.person_login.clone(),
+    ));
+    params.push(("pgbastion.session_id".to_string(), session_id.to_string()));
+    params.push((
+        "pgbastion.credential_id".to_string(),
+        a.credential.id.to_string(),
+    ));
     params
-}
-
-/// Escapes a value for the `options` startup parameter (space and backslash are special).
-fn escape_option(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        if c == ' ' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The `_pq_.` protocol options a client asked for; the gateway supports none of them.
@@ -376,25 +367,35 @@ async fn login_upstream(
     session_id: Uuid,
     shared: &Shared,
 ) -> Result<Upstream, UpstreamError> {
-    let secret = match &a.target.upstream_secret_sealed {
+    // Sessions run upstream as the granted role itself, never as a shared login that switches
+    // roles (the client could switch back).
+    let role = a.credential.db_role.as_str();
+    let sealed = if role == a.target.upstream_user {
+        a.target.upstream_secret_sealed.clone()
+    } else {
+        let login = shared
+            .store
+            .target_login(a.target.id, role)
+            .await
+            .map_err(|e| UpstreamError::Store(e.to_string()))?
+            .ok_or_else(|| UpstreamError::NoLogin(role.to_string()))?;
+        login.secret_sealed
+    };
+    let secret = match sealed {
         Some(sealed) => {
             let plain = shared
                 .secrets
-                .open(sealed)
-                .map_err(|e| UpstreamError::TlsConfig(e.to_string()))?;
+                .open(&sealed)
+                .map_err(|e| UpstreamError::Secret(e.to_string()))?;
             Some(
                 String::from_utf8(plain)
-                    .map_err(|_| UpstreamError::TlsConfig("upstream secret is not UTF-8".into()))?,
+                    .map_err(|_| UpstreamError::Secret("upstream secret is not UTF-8".into()))?,
             )
         }
         None => None,
     };
-    upstream::login(
-        &a.target,
-        secret.as_deref(),
-        &upstream_params(startup, a, session_id),
-    )
-    .await
+    let params = upstream_params(startup, a, role, session_id);
+    upstream::login(&a.target, role, secret.as_deref(), &params).await
 }
 
 /// The part of an upstream failure a person may see: it names no host, user or secret.
@@ -404,6 +405,9 @@ fn user_facing(e: &UpstreamError) -> &'static str {
         UpstreamError::Refused { .. } => "the target's server refused the gateway's login",
         UpstreamError::TlsRefused(_) | UpstreamError::Tls(_) | UpstreamError::TlsConfig(_) => {
             "the gateway cannot set up a secure connection to the target"
+        }
+        UpstreamError::NoLogin(_) => {
+            "the target has no upstream login for the granted role; an admin must add one"
         }
         _ => "the gateway could not log in to the target",
     }
@@ -425,6 +429,19 @@ async fn conclude(
     relay: &mut Relay,
     client: &mut ClientStream,
 ) -> (EndReason, Option<String>) {
+    // A server that sent FATAL ended the session, even if the client hung up on reading it
+    // before the server's close arrived here.
+    if let Some(fatal) = relay.server_fatal()
+        && matches!(
+            end,
+            RelayEnd::ServerClosed | RelayEnd::ClientClosed { .. } | RelayEnd::ServerFailed(_)
+        )
+    {
+        return (
+            EndReason::ServerClosed,
+            Some(format!("server sent {fatal}")),
+        );
+    }
     match end {
         RelayEnd::ClientClosed { said_goodbye: true } => (EndReason::ClientQuit, None),
         RelayEnd::ClientClosed {
@@ -478,11 +495,6 @@ async fn cancel(shared: &Shared, process_id: i32, secret_key: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn option_values_are_escaped() {
-        assert_eq!(escape_option(r"a b\c"), r"a\ b\\c");
-    }
 
     #[test]
     fn replication_is_refused_and_user_is_required() {

@@ -52,6 +52,14 @@ pub enum UpstreamError {
         code: String,
         message: String,
     },
+    #[error(
+        "the target has no upstream login for role '{0}' (add one with `pgbastion target login add`)"
+    )]
+    NoLogin(String),
+    #[error("cannot read the store: {0}")]
+    Store(String),
+    #[error("cannot unseal the upstream secret: {0}")]
+    Secret(String),
     #[error("the server asks for a password, but the target has no upstream secret")]
     NoSecret,
     #[error("the server asks for authentication method {0}, which pgbastion cannot answer")]
@@ -193,9 +201,10 @@ impl ServerCertVerifier for AnyServerCert {
     }
 }
 
-/// Connects and logs in as the target's upstream user with `params` as the startup parameters.
+/// Connects to the target and logs in as `user` with `params` as the startup parameters.
 pub async fn login(
     target: &Target,
+    user: &str,
     secret: Option<&str>,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
@@ -220,7 +229,7 @@ pub async fn login(
                         let secret = secret.ok_or(UpstreamError::NoSecret)?;
                         frontend::password(
                             &mut out,
-                            &md5_hash(target.upstream_user.as_bytes(), secret.as_bytes(), salt),
+                            &md5_hash(user.as_bytes(), secret.as_bytes(), salt),
                         );
                         send(&mut stream, &mut out).await?;
                     }

@@ -67,6 +67,17 @@ pub trait Store: Send + Sync + 'static {
     /// stay (they are history).
     async fn remove_target(&self, name: &str) -> StoreResult<bool>;
 
+    // --- upstream logins ---
+    /// Adds or replaces the login the gateway uses upstream for sessions granted `role` on the
+    /// target (the secret sealed with the data directory's key; `None` for trust or
+    /// certificate logins). The target's own `upstream_user` is its default login and needs no
+    /// row here. Fails with `NotFound` when the target does not exist.
+    async fn set_target_login(&self, login: &TargetLogin) -> StoreResult<()>;
+    async fn target_login(&self, target_id: Uuid, role: &str) -> StoreResult<Option<TargetLogin>>;
+    /// Logins of one target, ordered by role.
+    async fn list_target_logins(&self, target_id: Uuid) -> StoreResult<Vec<TargetLogin>>;
+    async fn remove_target_login(&self, target_id: Uuid, role: &str) -> StoreResult<bool>;
+
     // --- grants ---
     async fn add_grant(&self, grant: &NewGrant) -> StoreResult<Grant>;
     /// All grants, or those of one target.

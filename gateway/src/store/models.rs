@@ -73,6 +73,20 @@ pub struct Target {
     pub created_at: DateTime<Utc>,
 }
 
+/// A database role the gateway can log in as on a target, with its sealed secret.
+///
+/// Sessions run as the granted role itself (not as a shared login switching roles with
+/// `SET ROLE`, which the client could undo), so each grantable role other than the target's
+/// `upstream_user` needs one of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetLogin {
+    pub target_id: Uuid,
+    /// The PostgreSQL role name, used as the upstream `user`.
+    pub role: String,
+    pub secret_sealed: Option<Vec<u8>>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// What a target is created from.
 #[derive(Debug, Clone)]
 pub struct NewTarget {

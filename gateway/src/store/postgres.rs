@@ -21,7 +21,7 @@ use super::models::{
 };
 use super::{
     Credential, Grant, NewGrant, NewSession, NewTarget, Person, Session, SessionEnd, Store,
-    StoreError, StoreResult, Target,
+    StoreError, StoreResult, Target, TargetLogin,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -45,6 +45,11 @@ macro_rules! target_columns {
     () => {
         "id, name, host, port, database, tls_mode, ca_pem, upstream_user, \
          upstream_secret_sealed, enabled, created_at"
+    };
+}
+macro_rules! target_login_columns {
+    () => {
+        "target_id, role, secret_sealed, created_at"
     };
 }
 macro_rules! grant_select {
@@ -114,6 +119,15 @@ fn target_from_row(row: &PgRow) -> StoreResult<Target> {
         upstream_user: row.try_get("upstream_user")?,
         upstream_secret_sealed: row.try_get("upstream_secret_sealed")?,
         enabled: row.try_get("enabled")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn target_login_from_row(row: &PgRow) -> StoreResult<TargetLogin> {
+    Ok(TargetLogin {
+        target_id: row.try_get("target_id")?,
+        role: row.try_get("role")?,
+        secret_sealed: row.try_get("secret_sealed")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -289,9 +303,77 @@ impl Store for PgStore {
     }
 
     async fn remove_target(&self, name: &str) -> StoreResult<bool> {
-        // Grants go with it (ON DELETE CASCADE); credentials and sessions have no foreign key.
+        // Grants and upstream logins go with it (ON DELETE CASCADE); credentials and sessions
+        // have no foreign key.
         let done = sqlx::query("DELETE FROM targets WHERE name = $1")
             .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_target_login(&self, login: &TargetLogin) -> StoreResult<()> {
+        // One statement: replacing a login replaces its secret and its created_at (the time the
+        // current secret was set, as given by the caller). A missing target surfaces as the
+        // foreign-key violation, so there is no window between a look-up and the insert.
+        sqlx::query(
+            "INSERT INTO target_logins (target_id, role, secret_sealed, created_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (target_id, role) DO UPDATE SET \
+             secret_sealed = excluded.secret_sealed, created_at = excluded.created_at",
+        )
+        .bind(login.target_id)
+        .bind(&login.role)
+        .bind(&login.secret_sealed)
+        .bind(login.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::NotFound {
+                    what: "target",
+                    name: login.target_id.to_string(),
+                }
+            } else {
+                StoreError::Query(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn target_login(&self, target_id: Uuid, role: &str) -> StoreResult<Option<TargetLogin>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            target_login_columns!(),
+            " FROM target_logins WHERE target_id = $1 AND role = $2"
+        ))
+        .bind(target_id)
+        .bind(role)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(target_login_from_row)
+        .transpose()
+    }
+
+    async fn list_target_logins(&self, target_id: Uuid) -> StoreResult<Vec<TargetLogin>> {
+        // Byte order (COLLATE "C"), as SQLite sorts: the same list whatever the database's
+        // locale.
+        let all = sqlx::query(concat!(
+            "SELECT ",
+            target_login_columns!(),
+            " FROM target_logins WHERE target_id = $1 ORDER BY role COLLATE \"C\""
+        ))
+        .bind(target_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows(all, target_login_from_row)
+    }
+
+    async fn remove_target_login(&self, target_id: Uuid, role: &str) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM target_logins WHERE target_id = $1 AND role = $2")
+            .bind(target_id)
+            .bind(role)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::Ctx;
 use super::duration::{format_secs, parse_secs};
 use super::output::{print_table, time};
+use super::target::{has_upstream_login, missing_login_warning};
 
 #[derive(Debug, Subcommand)]
 pub enum GrantCommand {
@@ -14,7 +15,12 @@ pub enum GrantCommand {
     #[command(
         group(ArgGroup::new("subject").required(true).args(["person", "group"])),
         long_about = "Let a person, or everyone in a group, use a database role on a target. \
-                      Tokens issued under the grant live at most --max-lifetime.\n\nExamples:\n  \
+                      Tokens issued under the grant live at most --max-lifetime.\n\n\
+                      Sessions run upstream as the granted role itself, so the gateway must \
+                      be able to log in as it: the role is the target's --user, or has a \
+                      login added with `pgbastion target login add`. The grant is added \
+                      either way, with a warning when the login is missing (sessions are \
+                      refused until it is added).\n\nExamples:\n  \
                       pgbastion grant add --target shop --group dev --role app_ro \
                       --max-lifetime 8h\n  \
                       pgbastion grant add --target shop --person alice --role app_rw \
@@ -99,6 +105,9 @@ pub async fn run(cmd: GrantCommand, ctx: &Ctx) -> anyhow::Result<()> {
                 grant.target_name,
                 format_secs(grant.max_lifetime_secs)
             );
+            if !has_upstream_login(ctx, &target, &grant.db_role).await? {
+                eprintln!("{}", missing_login_warning(&target.name, &grant.db_role));
+            }
         }
         GrantCommand::List { target } => {
             let target_id = match target {

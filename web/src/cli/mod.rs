@@ -32,8 +32,10 @@ use gateway::store::Store;
                   also be set with PGBASTION_<SECTION>_<KEY>, e.g. PGBASTION_GATEWAY_LISTEN.\n\n\
                   Getting started:\n  \
                   pgbastion person add alice --group dev\n  \
-                  printf '%s' \"$SHOP_PASSWORD\" | pgbastion target add shop --host db.internal \
-                  --database shop --user gateway --password-stdin\n  \
+                  printf '%s' \"$APP_RO_PASSWORD\" | pgbastion target add shop --host db.internal \
+                  --database shop --user app_ro --password-stdin\n  \
+                  printf '%s' \"$APP_RW_PASSWORD\" | pgbastion target login add shop app_rw \
+                  --password-stdin\n  \
                   pgbastion grant add --target shop --group dev --role app_ro --max-lifetime 8h\n  \
                   pgbastion serve &\n  \
                   pgbastion token issue --person alice --target shop --role app_ro --lifetime 30m"
@@ -66,7 +68,7 @@ pub enum Command {
     /// Add and list people.
     #[command(subcommand)]
     Person(person::PersonCommand),
-    /// Add, list and remove target databases.
+    /// Add, list and remove target databases and their upstream logins.
     #[command(subcommand)]
     Target(target::TargetCommand),
     /// Let people or groups use a database role on a target.

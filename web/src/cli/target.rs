@@ -4,27 +4,34 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use chrono::Utc;
 use clap::{Args, Subcommand};
 use gateway::keys::SecretBox;
-use gateway::store::{NewTarget, UpstreamTls};
+use gateway::store::{NewTarget, Target, TargetLogin, UpstreamTls};
 
 use super::Ctx;
-use super::output::print_table;
+use super::output::{print_table, time};
 
 #[derive(Debug, Subcommand)]
 pub enum TargetCommand {
     /// Add a target database.
     #[command(
         long_about = "Add a target database. NAME is what people type as the database \
-                            name at the gateway; the gateway logs in upstream as --user with a \
-                            password that is sealed with the data directory's secret key and \
-                            never shown again. The password is read from standard input or an \
-                            environment variable, never from the command line (where `ps` would \
-                            show it).\n\nExamples:\n  \
-                            printf '%s' \"$SHOP_PASSWORD\" | pgbastion target add shop \
-                            --host db.internal --database shop --user gateway --password-stdin\n  \
+                            name at the gateway.\n\n\
+                            Sessions run upstream as the role they were granted: the gateway \
+                            logs in as that role itself, so a session cannot switch to another \
+                            role. --user is the target's default login, used by sessions granted \
+                            that role; every other role granted on the target needs its own \
+                            login (`pgbastion target login add`). The --user password is sealed with \
+                            the data directory's secret key and never shown again. It is read \
+                            from standard input or an environment variable, never from the \
+                            command line (where `ps` would show it); without one the gateway \
+                            logs in without a password (trust or certificate \
+                            authentication).\n\nExamples:\n  \
+                            printf '%s' \"$SHOP_RO_PASSWORD\" | pgbastion target add shop \
+                            --host db.internal --database shop --user shop_ro --password-stdin\n  \
                             pgbastion target add billing --host 10.0.0.5 --port 6543 \
-                            --database billing --user gw --password-env BILLING_PW \
+                            --database billing --user billing_ro --password-env BILLING_RO_PW \
                             --tls verify-full --ca-file /etc/ssl/billing-ca.pem"
     )]
     Add(AddTarget),
@@ -34,16 +41,106 @@ pub enum TargetCommand {
                             set.\n\nExample:\n  pgbastion target list"
     )]
     List,
-    /// Remove a target and its grants.
+    /// Remove a target, its grants and its upstream logins.
     #[command(
-        long_about = "Remove a target and the grants on it. Issued credentials and \
-                            recorded sessions stay, as history; tokens for it stop \
-                            working.\n\nExample:\n  pgbastion target remove shop"
+        long_about = "Remove a target, the grants on it and its upstream logins. Issued \
+                            credentials and recorded sessions stay, as history; tokens for it \
+                            stop working.\n\nExample:\n  pgbastion target remove shop"
     )]
     Remove {
         /// Target name.
         name: String,
     },
+    /// Add, list and remove the upstream logins of the roles granted on a target.
+    #[command(
+        subcommand,
+        long_about = "Add, list and remove a target's upstream logins: the PostgreSQL roles \
+                      the gateway logs in as, one per role granted on the target.\n\n\
+                      A session runs upstream as the role its person was granted: the \
+                      gateway logs in as that role itself, with a password people never \
+                      see. It cannot leave that role with SET ROLE or RESET ROLE, because \
+                      it is that role, not a shared login that switched. So every grantable \
+                      role must be a LOGIN role on the server (pg_hba.conf must let it in), \
+                      and pgbastion needs its password. The target's --user (from `target \
+                      add`) is its default login and needs no entry here. A login role can \
+                      still SET ROLE to the roles it is a member of: give it only the \
+                      memberships its grant should allow.\n\nExamples:\n  \
+                      printf '%s' \"$SHOP_RW_PASSWORD\" | pgbastion target login add shop \
+                      shop_rw --password-stdin\n  \
+                      pgbastion target login list shop\n  \
+                      pgbastion target login remove shop shop_rw"
+    )]
+    Login(LoginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LoginCommand {
+    /// Add (or replace) the upstream login of a role granted on a target.
+    #[command(
+        long_about = "Add the upstream login the gateway uses for sessions granted ROLE on \
+                      TARGET, or replace its password.\n\n\
+                      Sessions run upstream as the granted role itself (the gateway logs in \
+                      as ROLE), so that a session cannot switch to another role: ROLE must be \
+                      a LOGIN role on the target's server, reachable with the target's TLS \
+                      setting. Its password is sealed with the data directory's secret key and \
+                      never shown again. It is read from standard input or an environment \
+                      variable, never from the command line (where `ps` would show it); \
+                      without one the gateway logs in as ROLE without a password (trust or \
+                      certificate authentication). The target's own --user is its default \
+                      login and is not added here.\n\nExamples:\n  \
+                      printf '%s' \"$SHOP_RW_PASSWORD\" | pgbastion target login add shop \
+                      shop_rw --password-stdin\n  \
+                      pgbastion target login add billing billing_rw --password-env \
+                      BILLING_RW_PW"
+    )]
+    Add(AddLogin),
+    /// List a target's upstream logins (never shows secrets, only whether one is set).
+    #[command(
+        long_about = "List the roles the gateway can log in as on a target: its default \
+                      login (--user of `target add`) and those added with `target login \
+                      add`. Secrets are never shown, only whether one is set. Roles granted \
+                      on the target without a login are named in a warning: their sessions \
+                      are refused.\n\nExample:\n  pgbastion target login list shop"
+    )]
+    List {
+        /// Target name.
+        target: String,
+    },
+    /// Remove the upstream login of a role; sessions granted it are refused from then on.
+    #[command(
+        long_about = "Remove the upstream login of ROLE on TARGET. New sessions granted \
+                      ROLE on TARGET are refused until a login is added again; grants and \
+                      live sessions stay (revoke tokens with `pgbastion token revoke`). The \
+                      target's default login (--user) cannot be removed.\n\nExample:\n  \
+                      pgbastion target login remove shop shop_rw"
+    )]
+    Remove {
+        /// Target name.
+        target: String,
+        /// Database role.
+        role: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddLogin {
+    /// Target name.
+    target: String,
+    /// Database role: a LOGIN role on the target's server, used as the upstream user name.
+    role: String,
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+/// Where an upstream password comes from: never from argv.
+#[derive(Debug, Args)]
+struct PasswordArgs {
+    /// Read the upstream password from standard input (one line, or everything until EOF).
+    #[arg(long, conflicts_with = "password_env")]
+    password_stdin: bool,
+    /// Read the upstream password from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    password_env: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -59,15 +156,11 @@ pub struct AddTarget {
     /// Database name on the upstream server.
     #[arg(long)]
     database: String,
-    /// Role the gateway logs in as upstream.
+    /// The target's default login: the role sessions granted this role log in as upstream.
     #[arg(long)]
     user: String,
-    /// Read the upstream password from standard input (one line, or everything until EOF).
-    #[arg(long, conflicts_with = "password_env")]
-    password_stdin: bool,
-    /// Read the upstream password from this environment variable.
-    #[arg(long, value_name = "VAR")]
-    password_env: Option<String>,
+    #[command(flatten)]
+    password: PasswordArgs,
     /// How the gateway protects the upstream connection.
     #[arg(long, default_value = "require", value_parser = ["disable", "require", "verify-full"])]
     tls: String,
@@ -114,9 +207,10 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
             if !ctx.store.remove_target(&name).await? {
                 anyhow::bail!("no target '{name}'; `pgbastion target list` shows the targets");
             }
-            println!("target {name} removed, with its grants");
+            println!("target {name} removed, with its grants and upstream logins");
             Ok(())
         }
+        TargetCommand::Login(cmd) => login(cmd, ctx).await,
     }
 }
 
@@ -132,14 +226,7 @@ async fn add(args: AddTarget, ctx: &Ctx) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let password = read_password(&args)?;
-    let upstream_secret_sealed = match password {
-        Some(password) => {
-            let secrets = SecretBox::load_or_create(&ctx.config.secret_key_path())?;
-            Some(secrets.seal(password.as_bytes()))
-        }
-        None => None,
-    };
+    let upstream_secret_sealed = sealed_password(&args.password, ctx)?;
     let target = ctx
         .store
         .add_target(&NewTarget {
@@ -170,19 +257,215 @@ async fn add(args: AddTarget, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn login(cmd: LoginCommand, ctx: &Ctx) -> anyhow::Result<()> {
+    match cmd {
+        LoginCommand::Add(args) => {
+            let target = find_target(ctx, &args.target).await?;
+            if args.role.is_empty() {
+                anyhow::bail!("the role name is empty");
+            }
+            if args.role == target.upstream_user {
+                anyhow::bail!(
+                    "{} is the default login of target {} (its --user): sessions granted it \
+                     already log in with the target's own password",
+                    args.role,
+                    target.name
+                );
+            }
+            let secret_sealed = sealed_password(&args.password, ctx)?;
+            let replaced = ctx
+                .store
+                .target_login(target.id, &args.role)
+                .await?
+                .is_some();
+            let secret = if secret_sealed.is_some() {
+                "password sealed"
+            } else {
+                "no password"
+            };
+            ctx.store
+                .set_target_login(&TargetLogin {
+                    target_id: target.id,
+                    role: args.role.clone(),
+                    secret_sealed,
+                    created_at: Utc::now(),
+                })
+                .await
+                .map_err(|e| missing_target(e, &target.name))?;
+            let done = if replaced { "replaced" } else { "added" };
+            println!(
+                "upstream login {role} on target {} {done} ({secret}): sessions granted {role} \
+                 log in upstream as {role}",
+                target.name,
+                role = args.role,
+            );
+            Ok(())
+        }
+        LoginCommand::List { target } => {
+            let target = find_target(ctx, &target).await?;
+            let logins = ctx.store.list_target_logins(target.id).await?;
+            print_table(
+                &["ROLE", "LOGIN", "SECRET", "SET AT"],
+                &login_rows(&target, &logins),
+            );
+            let granted: Vec<String> = ctx
+                .store
+                .list_grants(Some(target.id))
+                .await?
+                .into_iter()
+                .map(|g| g.db_role)
+                .collect();
+            for role in roles_without_login(&target, &logins, &granted) {
+                eprintln!("{}", missing_login_warning(&target.name, &role));
+            }
+            Ok(())
+        }
+        LoginCommand::Remove { target, role } => {
+            let target = find_target(ctx, &target).await?;
+            if role == target.upstream_user {
+                anyhow::bail!(
+                    "{role} is the default login of target {} (its --user) and cannot be \
+                     removed; remove the target instead",
+                    target.name
+                );
+            }
+            if !ctx.store.remove_target_login(target.id, &role).await? {
+                anyhow::bail!(
+                    "target {} has no upstream login for role {role}; `pgbastion target login \
+                     list {}` shows them",
+                    target.name,
+                    target.name
+                );
+            }
+            println!("upstream login {role} removed from target {}", target.name);
+            let grants = ctx
+                .store
+                .list_grants(Some(target.id))
+                .await?
+                .into_iter()
+                .filter(|g| g.db_role == role)
+                .count();
+            if grants > 0 {
+                eprintln!(
+                    "warning: {grants} grant(s) on target {} still name role {role}; their new \
+                     sessions will be refused until a login is added again",
+                    target.name
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The rows of `target login list`: the default login first, then the added ones by role.
+fn login_rows(target: &Target, logins: &[TargetLogin]) -> Vec<Vec<String>> {
+    let set_or_none = |sealed: bool| if sealed { "set" } else { "none" }.to_string();
+    let default = vec![
+        target.upstream_user.clone(),
+        "default (--user)".to_string(),
+        set_or_none(target.upstream_secret_sealed.is_some()),
+        time(target.created_at),
+    ];
+    let added = logins.iter().map(|l| {
+        vec![
+            l.role.clone(),
+            "role login".to_string(),
+            set_or_none(l.secret_sealed.is_some()),
+            time(l.created_at),
+        ]
+    });
+    std::iter::once(default).chain(added).collect()
+}
+
+/// Roles in `granted` the gateway cannot log in as on `target`, sorted, each once.
+fn roles_without_login(target: &Target, logins: &[TargetLogin], granted: &[String]) -> Vec<String> {
+    let mut missing: Vec<String> = granted
+        .iter()
+        .filter(|role| **role != target.upstream_user && !logins.iter().any(|l| l.role == **role))
+        .cloned()
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// Whether sessions granted `role` on `target` have an upstream login to use.
+pub(super) async fn has_upstream_login(
+    ctx: &Ctx,
+    target: &Target,
+    role: &str,
+) -> anyhow::Result<bool> {
+    Ok(role == target.upstream_user || ctx.store.target_login(target.id, role).await?.is_some())
+}
+
+/// The warning for a role granted on a target that has no upstream login for it.
+pub(super) fn missing_login_warning(target: &str, role: &str) -> String {
+    format!(
+        "warning: target {target} has no upstream login for role {role} yet; sessions will be \
+         refused until an admin runs `pgbastion target login add {} {} --password-stdin`",
+        shell_word(target),
+        shell_word(role)
+    )
+}
+
+/// `word` as one shell word: as is when it is plain, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '@' | ':'));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+async fn find_target(ctx: &Ctx, name: &str) -> anyhow::Result<Target> {
+    ctx.store.target_by_name(name).await?.ok_or_else(|| {
+        anyhow::anyhow!("no target '{name}'; `pgbastion target list` shows the targets")
+    })
+}
+
+/// The target was removed between the look-up and the write.
+fn missing_target(err: gateway::store::StoreError, name: &str) -> anyhow::Error {
+    match err {
+        gateway::store::StoreError::NotFound { what: "target", .. } => {
+            anyhow::anyhow!("target '{name}' was removed meanwhile")
+        }
+        other => other.into(),
+    }
+}
+
+/// The password named by `args`, sealed with the data directory's secret key; `None` when no
+/// password was asked for.
+fn sealed_password(args: &PasswordArgs, ctx: &Ctx) -> anyhow::Result<Option<Vec<u8>>> {
+    let password = read_password(args, &mut std::io::stdin(), |var| std::env::var(var))?;
+    Ok(match password {
+        Some(password) => {
+            let secrets = SecretBox::load_or_create(&ctx.config.secret_key_path())?;
+            Some(secrets.seal(password.as_bytes()))
+        }
+        None => None,
+    })
+}
+
 /// The upstream password, from stdin or an environment variable, never from argv.
-fn read_password(args: &AddTarget) -> anyhow::Result<Option<String>> {
+fn read_password(
+    args: &PasswordArgs,
+    stdin: &mut dyn Read,
+    env: impl Fn(&str) -> Result<String, std::env::VarError>,
+) -> anyhow::Result<Option<String>> {
     let password = if args.password_stdin {
         let mut text = String::new();
-        std::io::stdin()
+        stdin
             .read_to_string(&mut text)
             .context("cannot read the password from standard input")?;
         // `echo secret |` adds a newline that is not part of the password.
         let trimmed = text.strip_suffix('\n').unwrap_or(&text);
         trimmed.strip_suffix('\r').unwrap_or(trimmed).to_string()
     } else if let Some(var) = &args.password_env {
-        std::env::var(var)
-            .with_context(|| format!("environment variable {var} is not set (or not UTF-8)"))?
+        env(var).with_context(|| format!("environment variable {var} is not set (or not UTF-8)"))?
     } else {
         return Ok(None);
     };
@@ -190,4 +473,215 @@ fn read_password(args: &AddTarget) -> anyhow::Result<Option<String>> {
         anyhow::bail!("the upstream password is empty; leave out --password-* for no password");
     }
     Ok(Some(password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use uuid::Uuid;
+
+    fn shop() -> Target {
+        Target {
+            id: Uuid::new_v4(),
+            name: "shop".into(),
+            host: "db.internal".into(),
+            port: 5432,
+            database: "shop".into(),
+            tls_mode: UpstreamTls::Require,
+            ca_pem: None,
+            upstream_user: "shop_ro".into(),
+            upstream_secret_sealed: Some(b"sealed-default".to_vec()),
+            enabled: true,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn login(target: &Target, role: &str, secret: Option<&[u8]>) -> TargetLogin {
+        TargetLogin {
+            target_id: target.id,
+            role: role.into(),
+            secret_sealed: secret.map(<[u8]>::to_vec),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn passwords(stdin: bool, env: Option<&str>) -> PasswordArgs {
+        PasswordArgs {
+            password_stdin: stdin,
+            password_env: env.map(String::from),
+        }
+    }
+
+    fn no_env(_: &str) -> Result<String, std::env::VarError> {
+        Err(std::env::VarError::NotPresent)
+    }
+
+    fn parse(args: &[&str]) -> Result<LoginCommand, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("pgbastion").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Target(TargetCommand::Login(cmd)) => Ok(cmd),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn login_add_takes_target_role_and_a_password_source() {
+        let LoginCommand::Add(args) = parse(&[
+            "target",
+            "login",
+            "add",
+            "shop",
+            "shop_rw",
+            "--password-stdin",
+        ])
+        .unwrap() else {
+            panic!("not login add");
+        };
+        assert_eq!(
+            (args.target.as_str(), args.role.as_str()),
+            ("shop", "shop_rw")
+        );
+        assert!(args.password.password_stdin);
+        assert_eq!(args.password.password_env, None);
+    }
+
+    #[test]
+    fn login_add_refuses_two_password_sources() {
+        let err = parse(&[
+            "target",
+            "login",
+            "add",
+            "shop",
+            "shop_rw",
+            "--password-stdin",
+            "--password-env",
+            "PW",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn login_add_never_takes_the_password_as_an_argument() {
+        assert!(parse(&["target", "login", "add", "shop", "shop_rw", "s3cret"]).is_err());
+        assert!(
+            parse(&[
+                "target",
+                "login",
+                "add",
+                "shop",
+                "shop_rw",
+                "--password",
+                "x"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn login_list_and_remove_parse() {
+        assert!(matches!(
+            parse(&["target", "login", "list", "shop"]).unwrap(),
+            LoginCommand::List { target } if target == "shop"
+        ));
+        assert!(matches!(
+            parse(&["target", "login", "remove", "shop", "shop_rw"]).unwrap(),
+            LoginCommand::Remove { target, role } if target == "shop" && role == "shop_rw"
+        ));
+    }
+
+    #[test]
+    fn password_from_stdin_loses_only_its_line_ending() {
+        let read = |input: &str| {
+            read_password(&passwords(true, None), &mut input.as_bytes(), no_env).unwrap()
+        };
+        assert_eq!(read("s3cret\n").as_deref(), Some("s3cret"));
+        assert_eq!(read("s3cret\r\n").as_deref(), Some("s3cret"));
+        assert_eq!(read("s3cret").as_deref(), Some("s3cret"));
+        assert_eq!(read(" two words \n\n").as_deref(), Some(" two words \n"));
+    }
+
+    #[test]
+    fn password_from_the_environment_names_a_missing_variable() {
+        let env = |var: &str| match var {
+            "PW" => Ok("from-env".to_string()),
+            _ => Err(std::env::VarError::NotPresent),
+        };
+        let got = read_password(&passwords(false, Some("PW")), &mut "".as_bytes(), env).unwrap();
+        assert_eq!(got.as_deref(), Some("from-env"));
+        let err = read_password(&passwords(false, Some("NOPE")), &mut "".as_bytes(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NOPE"), "{err}");
+    }
+
+    #[test]
+    fn empty_password_is_refused_and_no_source_means_no_password() {
+        assert!(read_password(&passwords(true, None), &mut "\n".as_bytes(), no_env).is_err());
+        let none = read_password(&passwords(false, None), &mut "ignored".as_bytes(), no_env);
+        assert_eq!(none.unwrap(), None);
+    }
+
+    #[test]
+    fn login_list_shows_the_default_login_first_and_never_a_secret() {
+        let target = shop();
+        let logins = [
+            login(&target, "shop_admin", None),
+            login(&target, "shop_rw", Some(b"sealed-rw")),
+        ];
+        let rows = login_rows(&target, &logins);
+        let cells: Vec<[&str; 3]> = rows
+            .iter()
+            .map(|r| [r[0].as_str(), r[1].as_str(), r[2].as_str()])
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                ["shop_ro", "default (--user)", "set"],
+                ["shop_admin", "role login", "none"],
+                ["shop_rw", "role login", "set"],
+            ]
+        );
+        let printed = format!("{rows:?}");
+        assert!(!printed.contains("sealed"), "{printed}");
+    }
+
+    #[test]
+    fn granted_roles_without_a_login_are_found_once_each() {
+        let target = shop();
+        let logins = [login(&target, "shop_rw", Some(b"s"))];
+        let granted: Vec<String> = ["shop_ro", "shop_rw", "shop_admin", "audit", "shop_admin"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            roles_without_login(&target, &logins, &granted),
+            ["audit", "shop_admin"]
+        );
+        assert!(roles_without_login(&target, &logins, &[]).is_empty());
+    }
+
+    #[test]
+    fn missing_login_warning_names_the_command_that_fixes_it() {
+        assert_eq!(
+            missing_login_warning("shop", "shop_ro"),
+            "warning: target shop has no upstream login for role shop_ro yet; sessions will be \
+             refused until an admin runs `pgbastion target login add shop shop_ro \
+             --password-stdin`"
+        );
+        assert!(
+            missing_login_warning("shop", "Ops Team")
+                .contains("`pgbastion target login add shop 'Ops Team' --password-stdin`")
+        );
+    }
+
+    #[test]
+    fn odd_names_are_quoted_for_the_shell() {
+        assert_eq!(shell_word("shop_rw"), "shop_rw");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word("$(rm)"), "'$(rm)'");
+        assert_eq!(shell_word(""), "''");
+    }
 }
