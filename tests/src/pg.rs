@@ -411,6 +411,9 @@ fn hba_conf() -> String {
             role.connection_type, role.name, role.method
         );
     }
+    // The fixed roles get in only their own way (a hostssl role must not slip in without TLS).
+    let fixed: Vec<&str> = ROLES.iter().map(|r| r.name).collect();
+    conf += &format!("host all {} 127.0.0.1/32 reject\n", fixed.join(","));
     conf += "host all all 127.0.0.1/32 scram-sha-256\n";
     conf
 }

@@ -600,7 +600,12 @@ async fn server_side_termination_reaches_the_client() -> anyhow::Result<()> {
         "{text}"
     );
     let sessions = lab.ended_sessions(1).await?;
-    assert_eq!(sessions[0].end_reason, Some(EndReason::ServerClosed));
+    assert_eq!(
+        sessions[0].end_reason,
+        Some(EndReason::ServerClosed),
+        "{:?}",
+        sessions[0]
+    );
     Ok(())
 }
 

@@ -1015,3 +1015,22 @@ async fn gateways_opening_one_new_postgres_store_at_once_all_succeed() -> Result
     assert_eq!(later.list_targets().await?.len(), 1);
     Ok(())
 }
+
+/// The SQLite file holds sealed secrets and session metadata: only its owner may read it, nor
+/// its write-ahead log.
+#[tokio::test]
+async fn sqlite_store_files_are_private_to_their_owner() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new()?;
+    let path = dir.path().join("nested").join("pgbastion.db");
+    let store = gateway::store::open(&format!("sqlite://{}", path.display())).await?;
+    store.upsert_person("alice", None, None, &[]).await?;
+    for file in ["pgbastion.db", "pgbastion.db-wal"] {
+        let mode = std::fs::metadata(path.with_file_name(file))?
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
+    Ok(())
+}

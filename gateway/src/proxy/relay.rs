@@ -128,7 +128,15 @@ impl Pump {
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
-            match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
+            let read = match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
+                // Many clients (libpq among them) close TCP without a TLS close_notify: at a
+                // message boundary that is an ordinary end, not an attack on truncation.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(0))
+                }
+                other => other,
+            };
+            match read {
                 Poll::Ready(Ok(0)) => {
                     if self.need_flush {
                         ready!(dst.as_mut().poll_flush(cx)).map_err(|e| (false, e.into()))?;

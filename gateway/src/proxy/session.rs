@@ -432,10 +432,7 @@ async fn conclude(
     // A server that sent FATAL ended the session, even if the client hung up on reading it
     // before the server's close arrived here.
     if let Some(fatal) = relay.server_fatal()
-        && matches!(
-            end,
-            RelayEnd::ServerClosed | RelayEnd::ClientClosed { .. } | RelayEnd::ServerFailed(_)
-        )
+        && !matches!(end, RelayEnd::ClientFailed(RelayError::Protocol(_)))
     {
         return (
             EndReason::ServerClosed,

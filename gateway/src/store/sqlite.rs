@@ -89,6 +89,7 @@ impl SqliteStore {
         let in_memory = is_in_memory(url);
         if !in_memory {
             create_parent_dir(options.get_filename())?;
+            create_private_file(options.get_filename())?;
         }
         let pool = pool_options(in_memory)
             .connect_with(options)
@@ -126,6 +127,29 @@ fn create_parent_dir(file: &Path) -> StoreResult<()> {
         let detail = format!("cannot create the store directory {}: {e}", dir.display());
         StoreError::Connect(sqlx::Error::Io(std::io::Error::new(e.kind(), detail)))
     })
+}
+
+/// Creates the database file readable by its owner only, before SQLite creates it with the
+/// umask's mode: it holds sealed secrets and every session's metadata. SQLite gives its `-wal`
+/// and `-shm` files the database file's mode.
+fn create_private_file(file: &Path) -> StoreResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => {
+            let detail = format!("cannot create the store file {}: {e}", file.display());
+            Err(StoreError::Connect(sqlx::Error::Io(std::io::Error::new(
+                e.kind(),
+                detail,
+            ))))
+        }
+    }
 }
 
 /// The stored form of a timestamp: UTC, exactly six fractional digits, 'Z'. Fixed width, so
