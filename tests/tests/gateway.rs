@@ -16,7 +16,7 @@ use tokio_postgres::NoTls;
 struct Lab {
     pg: PgCluster,
     bastion: Bastion,
-    _gateway: ChildGuard,
+    gateway: ChildGuard,
 }
 
 /// A credential as `token issue --format json` prints it.
@@ -691,5 +691,62 @@ with psycopg.connect(os.environ["DSN"], password=os.environ["TOKEN"]) as conn:
     assert_eq!(lines[1], "('héllo', None, b'\\x00\\x01')");
     assert_eq!(lines[2], "['1', '2', '3']");
     assert_eq!(lines[3], "135");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_query_ends_the_session_and_frees_the_server_backend() -> anyhow::Result<()> {
+    let lab = Lab::start(&[])?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.grant("shop", pg::SCRAM_USER)?;
+    let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
+    let conn = format!(
+        "host=127.0.0.1 port={} user=alice dbname=shop password={} sslmode=require",
+        lab.bastion.gateway_port, issued.token
+    );
+    let (client, connection) = tokio_postgres_connect_with(&conn, tls_config(None, None)?).await?;
+    let query = tokio::spawn(async move { client.simple_query("select pg_sleep(2)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The client process dies: its socket closes with the query still running.
+    connection.abort();
+    assert!(query.await?.is_err());
+    let sessions = lab.ended_sessions(1).await?;
+    assert_eq!(sessions[0].end_reason, Some(EndReason::ClientQuit), "{:?}", sessions[0]);
+    // The gateway told the server goodbye: the backend leaves once its statement is done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = lab.pg.psql(pg::APP_DB, "select count(*) from pg_stat_activity where usename = 'scram_user'")?;
+        if left.trim() == "0" {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "server backend still there: {left}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_live_sessions_with_a_fatal_and_records_them() -> anyhow::Result<()> {
+    let mut lab = Lab::start(&[])?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.grant("shop", pg::SCRAM_USER)?;
+    let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
+    let client = lab.client("shop", &issued.token).await?;
+    client.simple_query("select 1").await?;
+    lab.gateway.signal(libc::SIGTERM)?;
+    let err = client.simple_query("select 1").await.unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("shutting down") || client.is_closed(), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = lab.gateway.try_wait()? {
+            break status;
+        }
+        ensure!(Instant::now() < deadline, "gateway still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "clean exit after SIGTERM: {status}; log:\n{}", lab.bastion.log());
+    let sessions = lab.ended_sessions(1).await?;
+    assert_eq!(sessions[0].end_reason, Some(EndReason::GatewayShutdown), "{:?}", sessions[0]);
     Ok(())
 }

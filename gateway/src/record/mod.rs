@@ -4,6 +4,8 @@
 //! (a reference-counted slice of the receive buffer, never a copy). The recording issue implements
 //! a [`Recorder`] that turns frames into events and writes them in batches off the forwarding path.
 
+pub mod event;
+
 use std::net::SocketAddr;
 
 use uuid::Uuid;

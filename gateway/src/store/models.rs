@@ -326,3 +326,34 @@ pub(super) fn now() -> DateTime<Utc> {
     use chrono::SubsecRound;
     Utc::now().trunc_subsecs(6)
 }
+
+/// One recorded event as stored: its canonical JSON and its link in the session's hash chain
+/// (see `record::chain`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub session_id: Uuid,
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    /// The event type (`query`, `bind`, `error`...), for filtering without parsing `body`.
+    pub kind: String,
+    /// The event as canonical JSON: exactly the bytes that were hashed.
+    pub body: String,
+    /// SHA-256 of the previous link (32 bytes).
+    pub prev_hash: Vec<u8>,
+    /// SHA-256 over `prev_hash` and `body` (32 bytes).
+    pub hash: Vec<u8>,
+}
+
+/// The signature that closes a recording: the final hash and the event count, signed with the
+/// gateway's Ed25519 recording key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingSeal {
+    pub session_id: Uuid,
+    pub event_count: i64,
+    pub final_hash: Vec<u8>,
+    pub signature: Vec<u8>,
+    /// Which key signed (SHA-256 of its public key, hex), so old recordings stay verifiable
+    /// after a key rotation.
+    pub key_id: String,
+    pub sealed_at: DateTime<Utc>,
+}
