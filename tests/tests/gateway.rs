@@ -35,7 +35,7 @@ impl Lab {
         Ok(Lab {
             pg,
             bastion,
-            _gateway: gateway,
+            gateway,
         })
     }
 
@@ -695,7 +695,8 @@ with psycopg.connect(os.environ["DSN"], password=os.environ["TOKEN"]) as conn:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_vanishing_mid_query_ends_the_session_and_frees_the_server_backend() -> anyhow::Result<()> {
+async fn client_vanishing_mid_query_ends_the_session_and_frees_the_server_backend()
+-> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
     lab.add_target("shop", pg::SCRAM_USER, "disable")?;
     lab.grant("shop", pg::SCRAM_USER)?;
@@ -711,15 +712,26 @@ async fn client_vanishing_mid_query_ends_the_session_and_frees_the_server_backen
     connection.abort();
     assert!(query.await?.is_err());
     let sessions = lab.ended_sessions(1).await?;
-    assert_eq!(sessions[0].end_reason, Some(EndReason::ClientQuit), "{:?}", sessions[0]);
+    assert_eq!(
+        sessions[0].end_reason,
+        Some(EndReason::ClientQuit),
+        "{:?}",
+        sessions[0]
+    );
     // The gateway told the server goodbye: the backend leaves once its statement is done.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let left = lab.pg.psql(pg::APP_DB, "select count(*) from pg_stat_activity where usename = 'scram_user'")?;
+        let left = lab.pg.psql(
+            pg::APP_DB,
+            "select count(*) from pg_stat_activity where usename = 'scram_user'",
+        )?;
         if left.trim() == "0" {
             break;
         }
-        ensure!(Instant::now() < deadline, "server backend still there: {left}");
+        ensure!(
+            Instant::now() < deadline,
+            "server backend still there: {left}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
@@ -736,17 +748,32 @@ async fn sigterm_ends_live_sessions_with_a_fatal_and_records_them() -> anyhow::R
     lab.gateway.signal(libc::SIGTERM)?;
     let err = client.simple_query("select 1").await.unwrap_err();
     let text = format!("{err:?}");
-    assert!(text.contains("shutting down") || client.is_closed(), "{text}");
+    assert!(
+        text.contains("shutting down") || client.is_closed(),
+        "{text}"
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = lab.gateway.try_wait()? {
             break status;
         }
-        ensure!(Instant::now() < deadline, "gateway still running after SIGTERM");
+        ensure!(
+            Instant::now() < deadline,
+            "gateway still running after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(status.success(), "clean exit after SIGTERM: {status}; log:\n{}", lab.bastion.log());
+    assert!(
+        status.success(),
+        "clean exit after SIGTERM: {status}; log:\n{}",
+        lab.bastion.log()
+    );
     let sessions = lab.ended_sessions(1).await?;
-    assert_eq!(sessions[0].end_reason, Some(EndReason::GatewayShutdown), "{:?}", sessions[0]);
+    assert_eq!(
+        sessions[0].end_reason,
+        Some(EndReason::GatewayShutdown),
+        "{:?}",
+        sessions[0]
+    );
     Ok(())
 }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use gateway::store::{
-    Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, SessionEnd, Store,
-    StoreError, TargetLogin, UpstreamTls, postgres::PgStore, sqlite::SqliteStore,
+    Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, RecordingSeal,
+    SessionEnd, Store, StoreError, StoredEvent, TargetLogin, UpstreamTls, postgres::PgStore,
+    sqlite::SqliteStore,
 };
 use harness::PgCluster;
 use tempfile::TempDir;
@@ -113,6 +114,16 @@ on_both_engines!(
     ending_an_unknown_session_is_not_found,
     duplicate_session_id_is_refused,
     sessions_are_listed_newest_first_up_to_the_limit,
+    recorded_events_come_back_byte_for_byte,
+    session_events_come_in_seq_order_and_page_from_a_seq,
+    a_batch_with_one_stored_duplicate_stores_nothing,
+    a_batch_repeating_a_seq_within_itself_stores_nothing,
+    a_batch_failing_in_its_last_statement_keeps_none_of_its_earlier_rows,
+    one_batch_can_hold_events_of_several_sessions,
+    events_of_an_unknown_session_are_refused_naming_it,
+    a_recording_is_sealed_once,
+    sealing_the_recording_of_an_unknown_session_is_refused,
+    appending_20000_events_in_batches_of_500_reports_events_per_second,
     timestamps_keep_microseconds_and_drop_nanoseconds,
     extreme_values_round_trip_exactly,
     concurrent_upserts_of_one_login_make_one_person,
@@ -215,6 +226,67 @@ fn session_end(ended_at: &str, reason: EndReason) -> SessionEnd {
 
 fn ids<T>(items: &[T], id: fn(&T) -> Uuid) -> Vec<Uuid> {
     items.iter().map(id).collect()
+}
+
+/// A stand-in for a SHA-256 link: 32 bytes that differ per seq (the store checks lengths, not
+/// the chain; `record::chain` has its own tests).
+fn link(session_id: Uuid, seq: i64) -> Vec<u8> {
+    let mut hash = session_id.as_bytes().to_vec();
+    hash.extend_from_slice(&seq.to_be_bytes());
+    hash.extend_from_slice(&[0xff; 8]);
+    hash
+}
+
+fn event(session_id: Uuid, seq: i64, body: &str) -> StoredEvent {
+    StoredEvent {
+        session_id,
+        seq,
+        at: at("2026-03-04T05:06:07.000001Z") + chrono::Duration::microseconds(seq),
+        kind: "query".to_string(),
+        body: body.to_string(),
+        prev_hash: link(session_id, seq - 1),
+        hash: link(session_id, seq),
+    }
+}
+
+/// Events `seqs` of the session, with small distinct bodies.
+fn events(session_id: Uuid, seqs: impl IntoIterator<Item = i64>) -> Vec<StoredEvent> {
+    seqs.into_iter()
+        .map(|seq| {
+            event(
+                session_id,
+                seq,
+                &format!(r#"{{"seq":{seq},"sql":"SELECT {seq}"}}"#),
+            )
+        })
+        .collect()
+}
+
+fn seqs(events: &[StoredEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// A session row for events to belong to (events reference their session).
+async fn started_session(store: &Arc<dyn Store>) -> Result<Uuid> {
+    let session = new_session("2026-03-04T05:06:07Z");
+    store.insert_session(&session).await?;
+    Ok(session.id)
+}
+
+fn seal(session_id: Uuid) -> RecordingSeal {
+    RecordingSeal {
+        session_id,
+        event_count: 42,
+        final_hash: link(session_id, 41),
+        signature: (0..64).collect(),
+        key_id: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_string(),
+        sealed_at: at("2026-03-04T06:00:00.123456Z"),
+    }
+}
+
+fn is_duplicate_event(err: &StoreError, session_id: Uuid, seq: i64) -> bool {
+    matches!(err, StoreError::Duplicate { what: "event", name }
+        if *name == format!("{session_id} seq {seq}"))
 }
 
 // --- People ---
@@ -881,6 +953,218 @@ async fn sessions_are_listed_newest_first_up_to_the_limit(store: Arc<dyn Store>)
     assert_eq!(listed(2).await?, vec![started[3], started[1]]);
     assert!(listed(0).await?.is_empty());
     assert!(listed(-1).await?.is_empty());
+    Ok(())
+}
+
+// --- Recordings ---
+
+async fn recorded_events_come_back_byte_for_byte(store: Arc<dyn Store>) -> Result<()> {
+    let id = started_session(&store).await?;
+    let big = format!(r#"{{"rows":"{}"}}"#, "x".repeat(100 * 1024));
+    let bodies = [
+        // Key order, spacing and number forms that jsonb would normalise: the hash covers
+        // these exact bytes.
+        r#"{"z":1,  "a":1.50, "m":1e3}"#,
+        r#"{"sql":"SELECT 'naïve', \"Quoted\" FROM 日本語 -- 🐘"}"#,
+        r#"{"path":"C:\\temp\\x","escapes":"\n\t\u0000\u00e9"}"#,
+        "",
+        &big,
+    ];
+    let batch: Vec<StoredEvent> = bodies
+        .iter()
+        .zip(0..)
+        .map(|(body, seq)| event(id, seq, body))
+        .collect();
+    store.append_events(&batch).await?;
+
+    let stored = store.session_events(id, 0, 100).await?;
+    assert_eq!(stored, batch);
+    assert_eq!(stored[4].body.len(), big.len());
+    Ok(())
+}
+
+async fn session_events_come_in_seq_order_and_page_from_a_seq(store: Arc<dyn Store>) -> Result<()> {
+    let id = started_session(&store).await?;
+    let other = started_session(&store).await?;
+    // Appended out of order, and in two batches: reading follows seq, not insertion.
+    store.append_events(&events(id, [5, 2, 9, 0, 7])).await?;
+    store.append_events(&events(id, [1, 8, 3, 6, 4])).await?;
+    store.append_events(&events(other, 0..3)).await?;
+
+    assert_eq!(
+        seqs(&store.session_events(id, 0, 100).await?),
+        (0..10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&store.session_events(id, 0, 4).await?),
+        vec![0, 1, 2, 3]
+    );
+    assert_eq!(
+        seqs(&store.session_events(id, 4, 4).await?),
+        vec![4, 5, 6, 7]
+    );
+    assert_eq!(seqs(&store.session_events(id, 8, 4).await?), vec![8, 9]);
+    assert!(store.session_events(id, 10, 4).await?.is_empty());
+    assert!(store.session_events(id, 0, 0).await?.is_empty());
+    assert!(store.session_events(id, 0, -1).await?.is_empty());
+    assert!(
+        store
+            .session_events(Uuid::new_v4(), 0, 10)
+            .await?
+            .is_empty()
+    );
+    Ok(())
+}
+
+async fn a_batch_with_one_stored_duplicate_stores_nothing(store: Arc<dyn Store>) -> Result<()> {
+    let id = started_session(&store).await?;
+    let first = events(id, 0..5);
+    store.append_events(&first).await?;
+
+    let mut retried = events(id, 5..10);
+    retried.insert(2, event(id, 3, r#"{"again":true}"#));
+    let err = store.append_events(&retried).await.unwrap_err();
+    assert!(is_duplicate_event(&err, id, 3), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("event '{id} seq 3' already exists")
+    );
+
+    assert_eq!(store.session_events(id, 0, 100).await?, first);
+    Ok(())
+}
+
+async fn a_batch_repeating_a_seq_within_itself_stores_nothing(store: Arc<dyn Store>) -> Result<()> {
+    let id = started_session(&store).await?;
+    let mut batch = events(id, 0..4);
+    batch.push(event(id, 2, r#"{"twice":true}"#));
+    let err = store.append_events(&batch).await.unwrap_err();
+    assert!(is_duplicate_event(&err, id, 2), "{err:?}");
+    assert!(store.session_events(id, 0, 100).await?.is_empty());
+    Ok(())
+}
+
+async fn a_batch_failing_in_its_last_statement_keeps_none_of_its_earlier_rows(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let id = started_session(&store).await?;
+    store.append_events(&events(id, [0])).await?;
+    // Long enough to need several INSERT statements; only the last one collides.
+    let mut batch = events(id, 1..2_500);
+    batch.push(event(id, 0, r#"{"late":true}"#));
+    let err = store.append_events(&batch).await.unwrap_err();
+    assert!(is_duplicate_event(&err, id, 0), "{err:?}");
+    assert_eq!(seqs(&store.session_events(id, 0, 10_000).await?), vec![0]);
+
+    // The same events without the duplicate go in whole.
+    batch.pop();
+    store.append_events(&batch).await?;
+    assert_eq!(store.session_events(id, 0, 10_000).await?.len(), 2_500);
+    Ok(())
+}
+
+async fn one_batch_can_hold_events_of_several_sessions(store: Arc<dyn Store>) -> Result<()> {
+    let alice = started_session(&store).await?;
+    let bob = started_session(&store).await?;
+    // Interleaved, as the writer collects them from concurrent sessions.
+    let batch: Vec<StoredEvent> = (0..6)
+        .flat_map(|seq| [events(alice, [seq]), events(bob, [seq])])
+        .flatten()
+        .collect();
+    store.append_events(&batch).await?;
+    store.append_events(&[]).await?;
+
+    let of = |session: Uuid| -> Vec<StoredEvent> {
+        batch
+            .iter()
+            .filter(|e| e.session_id == session)
+            .cloned()
+            .collect()
+    };
+    assert_eq!(store.session_events(alice, 0, 100).await?, of(alice));
+    assert_eq!(store.session_events(bob, 0, 100).await?, of(bob));
+    Ok(())
+}
+
+async fn events_of_an_unknown_session_are_refused_naming_it(store: Arc<dyn Store>) -> Result<()> {
+    let known = started_session(&store).await?;
+    let unknown = Uuid::new_v4();
+    let mut batch = events(known, 0..3);
+    batch.extend(events(unknown, 0..3));
+    let err = store.append_events(&batch).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "session", name } if *name == unknown.to_string()),
+        "{err:?}"
+    );
+    assert!(store.session_events(known, 0, 100).await?.is_empty());
+    Ok(())
+}
+
+async fn a_recording_is_sealed_once(store: Arc<dyn Store>) -> Result<()> {
+    let id = started_session(&store).await?;
+    assert_eq!(store.recording_seal(id).await?, None);
+    let first = seal(id);
+    store.seal_recording(&first).await?;
+    assert_eq!(store.recording_seal(id).await?, Some(first.clone()));
+
+    let mut second = seal(id);
+    second.event_count = 43;
+    let err = store.seal_recording(&second).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Duplicate { what: "recording seal", name } if *name == id.to_string()),
+        "{err:?}"
+    );
+    assert_eq!(store.recording_seal(id).await?, Some(first));
+    Ok(())
+}
+
+async fn sealing_the_recording_of_an_unknown_session_is_refused(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let unknown = Uuid::new_v4();
+    let err = store.seal_recording(&seal(unknown)).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "session", name } if *name == unknown.to_string()),
+        "{err:?}"
+    );
+    assert_eq!(store.recording_seal(unknown).await?, None);
+    Ok(())
+}
+
+/// Prints the writer's throughput for the closing note; asserts only that everything arrived
+/// (speed goals belong to benchmarks, not to timed tests). Run with `--nocapture` to see it.
+async fn appending_20000_events_in_batches_of_500_reports_events_per_second(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    const EVENTS: i64 = 20_000;
+    const BATCH: usize = 500;
+    let id = started_session(&store).await?;
+    // Bodies the size of a typical recorded statement with its parameters.
+    let all: Vec<StoredEvent> = (0..EVENTS)
+        .map(|seq| {
+            let body = format!(
+                r#"{{"type":"execute","seq":{seq},"sql":"UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2","params":["{}","{}"],"tag":"UPDATE 1","rows":1}}"#,
+                seq % 5000,
+                seq * 7
+            );
+            event(id, seq, &body)
+        })
+        .collect();
+
+    let started = std::time::Instant::now();
+    for batch in all.chunks(BATCH) {
+        store.append_events(batch).await?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{}: appended {EVENTS} events in batches of {BATCH} in {elapsed:.2?}: {:.0} events/s",
+        store.engine(),
+        EVENTS as f64 / elapsed.as_secs_f64()
+    );
+
+    let stored = store.session_events(id, 0, EVENTS + 1).await?;
+    assert_eq!(stored.len(), all.len());
+    assert_eq!(stored.last(), all.last());
     Ok(())
 }
 

@@ -354,6 +354,18 @@ impl Store for FakeStore {
     async fn remove_target_login(&self, _: Uuid, _: &str) -> StoreResult<bool> {
         unreachable!("issue does not write upstream logins")
     }
+    async fn append_events(&self, _: &[StoredEvent]) -> StoreResult<()> {
+        unreachable!("issue does not record")
+    }
+    async fn session_events(&self, _: Uuid, _: i64, _: i64) -> StoreResult<Vec<StoredEvent>> {
+        unreachable!("issue does not read recordings")
+    }
+    async fn seal_recording(&self, _: &RecordingSeal) -> StoreResult<()> {
+        unreachable!("issue does not record")
+    }
+    async fn recording_seal(&self, _: Uuid) -> StoreResult<Option<RecordingSeal>> {
+        unreachable!("issue does not read recordings")
+    }
     async fn add_grant(&self, _: &NewGrant) -> StoreResult<Grant> {
         unreachable!("issue does not write grants")
     }

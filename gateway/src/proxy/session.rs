@@ -60,37 +60,38 @@ pub async fn handle(
             mut stream,
             startup,
         } => {
-            let span =
-                info_span!("session", %peer, user = startup.param("user").unwrap_or_default());
-            async {
+            // The span covers the login only: entering a span on every poll of the relay would
+            // cost on the hot path, so the relay's log lines carry their own fields instead.
+            let span = info_span!("login", %peer, user = startup.param("user").unwrap_or_default());
+            let login = async {
                 if let Err(refusal) = check_startup(&startup) {
                     handshake::refuse(&mut *stream, &refusal).await;
-                    return;
+                    return None;
                 }
                 let mut buf = BytesMut::new();
-                let authorized = match timeout_at(
+                match timeout_at(
                     deadline,
                     auth::authenticate(&mut stream, &mut buf, &startup, &shared),
                 )
                 .await
                 {
-                    Ok(Ok(a)) => a,
+                    Ok(Ok(a)) => Some((buf, a)),
                     Ok(Err(refusal)) => {
                         info!(reason = %refusal.log, "authentication refused");
                         handshake::refuse(&mut *stream, &refusal.error).await;
-                        return;
+                        None
                     }
                     Err(_) => {
                         info!("authentication timed out");
                         let error = ErrorMessage::fatal("08006", "authentication timed out");
                         handshake::refuse(&mut *stream, &error).await;
-                        return;
+                        None
                     }
-                };
+                }
+            };
+            if let Some((buf, authorized)) = login.instrument(span).await {
                 run(stream, buf, startup, authorized, peer, deadline, &shared).await;
             }
-            .instrument(span)
-            .await
         }
     }
 }
@@ -218,7 +219,7 @@ async fn run(
         started_at: Utc::now(),
     };
     if let Err(e) = shared.store.insert_session(&started).await {
-        warn!(error = %e, "cannot store the session; refusing it");
+        warn!(%peer, person = %credential.person_login, error = %e, "cannot store the session; refusing it");
         let error = ErrorMessage::fatal(
             "57P03",
             "the gateway cannot record sessions right now; try again shortly",
@@ -226,7 +227,7 @@ async fn run(
         handshake::refuse(&mut *client, &error).await;
         return;
     }
-    info!(session = %session_id, person = %credential.person_login, target = %target.name, role = %credential.db_role, "session started");
+    info!(session = %session_id, %peer, person = %credential.person_login, target = %target.name, role = %credential.db_role, "session started");
     let end = |reason, detail: Option<String>, bytes: (u64, u64)| SessionEnd {
         ended_at: Utc::now(),
         reason,
@@ -353,7 +354,7 @@ async fn run(
         tap.end(&session_end);
     }
     drop(registration);
-    info!(session = %session_id, reason = reason.as_str(), "session ended");
+    info!(session = %session_id, person = %credential.person_login, reason = reason.as_str(), "session ended");
     finish(shared, session_id, session_end).await;
 }
 

@@ -39,7 +39,11 @@ pub struct Capped {
 impl Capped {
     /// True when less than the whole value was kept (a redacted value is not "truncated").
     pub fn is_truncated(&self) -> bool {
-        let kept = if self.hex { self.text.len() / 2 } else { self.text.len() };
+        let kept = if self.hex {
+            self.text.len() / 2
+        } else {
+            self.text.len()
+        };
         !self.redacted && (kept as u64) < self.len
     }
 }

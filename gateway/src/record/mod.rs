@@ -4,7 +4,11 @@
 //! (a reference-counted slice of the receive buffer, never a copy). The recording issue implements
 //! a [`Recorder`] that turns frames into events and writes them in batches off the forwarding path.
 
+pub mod capture;
+pub mod chain;
+pub mod classify;
 pub mod event;
+pub mod export;
 
 use std::net::SocketAddr;
 

@@ -103,6 +103,21 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of credentials revoked at or after `since` (gateways poll this to end live sessions).
     async fn revoked_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<Uuid>>;
 
+    // --- recordings ---
+    /// Appends a batch of events (of one or several sessions) in one transaction: all or none.
+    /// A `(session_id, seq)` that already exists fails the whole batch with `Duplicate`.
+    async fn append_events(&self, batch: &[StoredEvent]) -> StoreResult<()>;
+    /// Events of a session with `seq >= from_seq`, in order, at most `limit`.
+    async fn session_events(
+        &self,
+        session_id: Uuid,
+        from_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>>;
+    /// Stores the seal of a finished recording (once; a second seal is `Duplicate`).
+    async fn seal_recording(&self, seal: &RecordingSeal) -> StoreResult<()>;
+    async fn recording_seal(&self, session_id: Uuid) -> StoreResult<Option<RecordingSeal>>;
+
     // --- sessions ---
     async fn insert_session(&self, session: &NewSession) -> StoreResult<()>;
     async fn end_session(&self, id: Uuid, end: &SessionEnd) -> StoreResult<()>;

@@ -4,32 +4,37 @@
 //! timestamps are bound as fixed-width UTC text with microseconds (see [`ts`]), never through
 //! sqlx's own `DateTime` encoding, whose width varies and would break text comparisons.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
+use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
 use super::models::{
     decode_end_reason, decode_port, decode_subject, decode_tls_mode, duplicate_or_query,
-    grant_label, is_foreign_key_violation, now,
+    event_label, first_repeated, grant_label, is_foreign_key_violation, now, seq_ranges,
 };
 use super::{
-    Credential, Grant, NewGrant, NewSession, NewTarget, Person, Session, SessionEnd, Store,
-    StoreError, StoreResult, Target, TargetLogin,
+    Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingSeal, Session, SessionEnd,
+    Store, StoreError, StoreResult, StoredEvent, Target, TargetLogin,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// How long a connection waits for another writer before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Events per INSERT statement. Each binds 7 parameters, so 1,000 stay far below SQLite's
+/// limit of 32,766 per statement while amortising the statement's overhead over many rows.
+const EVENTS_PER_INSERT: usize = 1_000;
 
 /// Column lists, shared by the queries that return whole rows (macros, because `concat!` needs
 /// literals and `sqlx::query` needs a `&'static str`).
@@ -67,6 +72,17 @@ macro_rules! session_columns {
         "id, person_login, target_id, target_name, db_role, credential_id, client_addr, \
          application_name, tls_version, started_at, ended_at, end_reason, end_detail, \
          bytes_client_to_server, bytes_server_to_client"
+    };
+}
+
+macro_rules! event_columns {
+    () => {
+        "session_id, seq, at, kind, body, prev_hash, hash"
+    };
+}
+macro_rules! seal_columns {
+    () => {
+        "session_id, event_count, final_hash, signature, key_id, sealed_at"
     };
 }
 
@@ -249,8 +265,99 @@ fn session_from_row(row: &SqliteRow) -> StoreResult<Session> {
     })
 }
 
+fn event_from_row(row: &SqliteRow) -> StoreResult<StoredEvent> {
+    Ok(StoredEvent {
+        session_id: row.try_get("session_id")?,
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        body: row.try_get("body")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn seal_from_row(row: &SqliteRow) -> StoreResult<RecordingSeal> {
+    Ok(RecordingSeal {
+        session_id: row.try_get("session_id")?,
+        event_count: row.try_get("event_count")?,
+        final_hash: row.try_get("final_hash")?,
+        signature: row.try_get("signature")?,
+        key_id: row.try_get("key_id")?,
+        sealed_at: row.try_get("sealed_at")?,
+    })
+}
+
 fn rows<T>(rows: Vec<SqliteRow>, decode: fn(&SqliteRow) -> StoreResult<T>) -> StoreResult<Vec<T>> {
     rows.iter().map(decode).collect()
+}
+
+/// Error paths of `append_events`. A failed batch is rolled back whole; these look at what is
+/// stored to name the event or session that made it fail (SQLite's messages name neither). They
+/// cost queries only when a batch fails.
+impl SqliteStore {
+    async fn rejected_batch(&self, batch: &[StoredEvent], err: sqlx::Error) -> StoreError {
+        let named = match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                self.first_duplicate_event(batch).await
+            }
+            e if is_foreign_key_violation(e) => self.first_unknown_session(batch).await,
+            _ => Ok(None),
+        };
+        match named {
+            Ok(Some(named)) => named,
+            // Nothing to name (a concurrent change hid it) or the lookup failed: the
+            // database's own error is the best account.
+            Ok(None) | Err(_) => StoreError::Query(err),
+        }
+    }
+
+    async fn first_duplicate_event(
+        &self,
+        batch: &[StoredEvent],
+    ) -> StoreResult<Option<StoreError>> {
+        let mut stored = HashMap::new();
+        for (session_id, (lowest, highest)) in seq_ranges(batch) {
+            let seqs: HashSet<i64> = sqlx::query_scalar(
+                "SELECT seq FROM recording_events \
+                 WHERE session_id = ? AND seq BETWEEN ? AND ?",
+            )
+            .bind(session_id)
+            .bind(lowest)
+            .bind(highest)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
+            stored.insert(session_id, seqs);
+        }
+        Ok(
+            first_repeated(batch, &stored).map(|event| StoreError::Duplicate {
+                what: "event",
+                name: event_label(event),
+            }),
+        )
+    }
+
+    async fn first_unknown_session(
+        &self,
+        batch: &[StoredEvent],
+    ) -> StoreResult<Option<StoreError>> {
+        for session_id in seq_ranges(batch).into_keys() {
+            let known: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?)")
+                    .bind(session_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            if !known {
+                return Ok(Some(StoreError::NotFound {
+                    what: "session",
+                    name: session_id.to_string(),
+                }));
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -610,6 +717,97 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(ids)
+    }
+
+    async fn append_events(&self, batch: &[StoredEvent]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // One transaction for the whole batch: all of it is durable at the commit, or none.
+        let mut tx = self.pool.begin().await?;
+        for chunk in batch.chunks(EVENTS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(concat!(
+                "INSERT INTO recording_events (",
+                event_columns!(),
+                ") "
+            ));
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(event.session_id)
+                    .push_bind(event.seq)
+                    .push_bind(ts(event.at))
+                    .push_bind(&event.kind)
+                    .push_bind(&event.body)
+                    .push_bind(&event.prev_hash)
+                    .push_bind(&event.hash);
+            });
+            if let Err(err) = insert.build().execute(&mut *tx).await {
+                tx.rollback().await?;
+                return Err(self.rejected_batch(batch, err).await);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session_events(
+        &self,
+        session_id: Uuid,
+        from_seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        // A range scan of the primary key (session_id, seq), already in seq order.
+        let all = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM recording_events WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(session_id)
+        .bind(from_seq)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows(all, event_from_row)
+    }
+
+    async fn seal_recording(&self, seal: &RecordingSeal) -> StoreResult<()> {
+        sqlx::query(concat!(
+            "INSERT INTO recording_seals (",
+            seal_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(seal.session_id)
+        .bind(seal.event_count)
+        .bind(&seal.final_hash)
+        .bind(&seal.signature)
+        .bind(&seal.key_id)
+        .bind(ts(seal.sealed_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::NotFound {
+                    what: "session",
+                    name: seal.session_id.to_string(),
+                }
+            } else {
+                duplicate_or_query(e, "recording seal", seal.session_id.to_string())
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn recording_seal(&self, session_id: Uuid) -> StoreResult<Option<RecordingSeal>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            seal_columns!(),
+            " FROM recording_seals WHERE session_id = ?"
+        ))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(seal_from_row)
+        .transpose()
     }
 
     async fn insert_session(&self, session: &NewSession) -> StoreResult<()> {

@@ -7,6 +7,7 @@ mod person;
 mod serve;
 mod target;
 mod token;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -77,6 +78,8 @@ pub enum Command {
     /// Issue, list and revoke tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Check that recordings are complete and unaltered (hash chain and seal).
+    Verify(verify::VerifyArgs),
 }
 
 /// Runs one command.
@@ -102,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Target(cmd) => target::run(cmd, &Ctx::open(config).await?).await,
         Command::Grant(cmd) => grant::run(cmd, &Ctx::open(config).await?).await,
         Command::Token(cmd) => token::run(cmd, &Ctx::open(config).await?).await,
+        Command::Verify(args) => verify::run(args, config).await,
     }
 }
 

@@ -1,0 +1,733 @@
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::protocol::backend::put_message;
+use crate::record::event::{Column, Param, ServerMessage, StatementClass};
+
+const INT4: u32 = 23;
+const TEXT: u32 = 25;
+
+fn frame(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Frame {
+    let mut buf = BytesMut::new();
+    put_message(&mut buf, tag, body);
+    let body = Bytes::from(buf).slice(5..);
+    Frame {
+        tag,
+        body_len: body.len(),
+        body,
+    }
+}
+
+fn cstr(b: &mut BytesMut, s: &str) {
+    b.put_slice(s.as_bytes());
+    b.put_u8(0);
+}
+
+fn parse(name: &str, sql: &str, types: &[u32]) -> Frame {
+    frame(b'P', |b| {
+        cstr(b, name);
+        cstr(b, sql);
+        b.put_i16(types.len() as i16);
+        types.iter().for_each(|&t| b.put_u32(t));
+    })
+}
+
+/// Bind with one format code per parameter; `None` is NULL.
+fn bind(
+    portal: &str,
+    statement: &str,
+    params: &[(i16, Option<&[u8]>)],
+    result_formats: &[i16],
+) -> Frame {
+    frame(b'B', |b| {
+        cstr(b, portal);
+        cstr(b, statement);
+        b.put_i16(params.len() as i16);
+        params.iter().for_each(|(f, _)| b.put_i16(*f));
+        b.put_i16(params.len() as i16);
+        for (_, value) in params {
+            match value {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_i16(result_formats.len() as i16);
+        result_formats.iter().for_each(|&f| b.put_i16(f));
+    })
+}
+
+fn execute(portal: &str, max_rows: i32) -> Frame {
+    frame(b'E', |b| {
+        cstr(b, portal);
+        b.put_i32(max_rows);
+    })
+}
+
+fn describe(target: u8, name: &str) -> Frame {
+    frame(b'D', |b| {
+        b.put_u8(target);
+        cstr(b, name);
+    })
+}
+
+fn simple(tag: u8) -> Frame {
+    frame(tag, |_| {})
+}
+
+fn query(sql: &str) -> Frame {
+    frame(b'Q', |b| cstr(b, sql))
+}
+
+fn row_description(columns: &[(&str, u32, i16)]) -> Frame {
+    frame(b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for (name, oid, format) in columns {
+            cstr(b, name);
+            b.put_i32(0);
+            b.put_i16(0);
+            b.put_u32(*oid);
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(*format);
+        }
+    })
+}
+
+fn data_row(values: &[Option<&[u8]>]) -> Frame {
+    frame(b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    })
+}
+
+fn command_complete(tag: &str) -> Frame {
+    frame(b'C', |b| cstr(b, tag))
+}
+
+fn ready(status: u8) -> Frame {
+    frame(b'Z', |b| b.put_u8(status))
+}
+
+fn parameter_description(types: &[u32]) -> Frame {
+    frame(b't', |b| {
+        b.put_i16(types.len() as i16);
+        types.iter().for_each(|&t| b.put_u32(t));
+    })
+}
+
+fn text(s: &str) -> Capped {
+    Capped {
+        text: s.to_owned(),
+        len: s.len() as u64,
+        hex: false,
+        redacted: false,
+    }
+}
+
+/// Feeds frames one millisecond apart and collects the events.
+struct Session {
+    capture: Capture,
+    clock: DateTime<Utc>,
+}
+
+impl Session {
+    fn new() -> Self {
+        Self::with_limits(CaptureLimits::default())
+    }
+
+    fn with_limits(limits: CaptureLimits) -> Self {
+        Session {
+            capture: Capture::new(limits),
+            clock: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn feed(&mut self, direction: Direction, frames: &[Frame]) -> Vec<EventKind> {
+        let mut out = Vec::new();
+        for f in frames {
+            self.clock += TimeDelta::milliseconds(1);
+            self.capture.on_frame(direction, f, self.clock, &mut out);
+        }
+        out
+    }
+
+    fn client(&mut self, frames: &[Frame]) -> Vec<EventKind> {
+        self.feed(Direction::ClientToServer, frames)
+    }
+
+    fn server(&mut self, frames: &[Frame]) -> Vec<EventKind> {
+        self.feed(Direction::ServerToClient, frames)
+    }
+}
+
+#[test]
+fn extended_protocol_pipeline_produces_the_exact_event_sequence() {
+    let mut s = Session::new();
+    let sql = "select $1::int4 + 1 as n";
+    let sent = s.client(&[
+        parse("", sql, &[INT4]),
+        bind("", "", &[(1, Some(&41i32.to_be_bytes()))], &[1]),
+        describe(b'P', ""),
+        execute("", 0),
+        simple(b'S'),
+    ]);
+    let received = s.server(&[
+        simple(b'1'),
+        simple(b'2'),
+        row_description(&[("n", INT4, 1)]),
+        data_row(&[Some(&42i32.to_be_bytes())]),
+        command_complete("SELECT 1"),
+        ready(b'I'),
+    ]);
+    assert_eq!(
+        sent,
+        vec![
+            EventKind::Parse {
+                statement: String::new(),
+                sql: text(sql),
+                param_types: vec![INT4],
+                class: StatementClass::Read,
+                risks: vec![],
+            },
+            EventKind::Bind {
+                portal: String::new(),
+                statement: String::new(),
+                params: vec![Param {
+                    type_oid: INT4,
+                    value: Some(text("41"))
+                }],
+            },
+            EventKind::Describe {
+                target: 'P',
+                name: String::new()
+            },
+            EventKind::Execute {
+                portal: String::new(),
+                statement: String::new(),
+                sql: Some(text(sql)),
+                max_rows: 0,
+            },
+            EventKind::Sync,
+        ]
+    );
+    assert_eq!(
+        received,
+        vec![
+            EventKind::RowDescription {
+                columns: vec![Column {
+                    name: "n".into(),
+                    type_oid: INT4
+                }]
+            },
+            EventKind::Rows {
+                rows: vec![vec![Some(text("42"))]],
+                omitted: 0
+            },
+            // From the Parse (t=1ms) to the CommandComplete (t=10ms).
+            EventKind::CommandComplete {
+                tag: "SELECT 1".into(),
+                rows: Some(1),
+                duration_micros: 9_000
+            },
+            EventKind::ReadyForQuery { status: 'I' },
+        ]
+    );
+}
+
+#[test]
+fn named_statement_prepared_once_is_attributed_on_every_execute() {
+    let mut s = Session::new();
+    let sql = "update accounts set balance = $2 where id = $1";
+    // Prepared like tokio-postgres does: no types in Parse, the server says them in reply.
+    s.client(&[parse("s1", sql, &[]), describe(b'S', "s1"), simple(b'S')]);
+    s.server(&[
+        simple(b'1'),
+        parameter_description(&[INT4, TEXT]),
+        simple(b'n'),
+        ready(b'I'),
+    ]);
+    // Unrelated unnamed statements in between must not disturb the named one.
+    s.client(&[parse("", "select 1", &[]), simple(b'S')]);
+    s.server(&[simple(b'1'), ready(b'I')]);
+    for id in 1..=3i32 {
+        let balance = format!("{}", id * 100);
+        let events = s.client(&[
+            bind(
+                "",
+                "s1",
+                &[(1, Some(&id.to_be_bytes())), (0, Some(balance.as_bytes()))],
+                &[],
+            ),
+            execute("", 0),
+            simple(b'S'),
+        ]);
+        assert_eq!(
+            events[0],
+            EventKind::Bind {
+                portal: String::new(),
+                statement: "s1".into(),
+                params: vec![
+                    Param {
+                        type_oid: INT4,
+                        value: Some(text(&id.to_string()))
+                    },
+                    Param {
+                        type_oid: TEXT,
+                        value: Some(text(&balance))
+                    },
+                ],
+            }
+        );
+        assert_eq!(
+            events[1],
+            EventKind::Execute {
+                portal: String::new(),
+                statement: "s1".into(),
+                sql: Some(text(sql)),
+                max_rows: 0,
+            }
+        );
+        let done = s.server(&[simple(b'2'), command_complete("UPDATE 1"), ready(b'I')]);
+        assert!(matches!(
+            &done[0],
+            EventKind::CommandComplete { rows: Some(1), .. }
+        ));
+    }
+    // Closing the statement forgets it: a later Execute is no longer attributed.
+    s.client(&[frame(b'C', |b| {
+        b.put_u8(b'S');
+        cstr(b, "s1");
+    })]);
+    let events = s.client(&[bind("", "s1", &[], &[]), execute("", 0)]);
+    assert!(matches!(&events[1], EventKind::Execute { sql: None, .. }));
+}
+
+#[test]
+fn parameters_keep_text_decode_binary_and_record_nulls() {
+    let mut s = Session::new();
+    s.client(&[parse(
+        "",
+        "insert into t values ($1, $2, $3, $4)",
+        &[INT4, TEXT, 17, 600],
+    )]);
+    let events = s.client(&[bind(
+        "",
+        "",
+        &[
+            (0, Some(b"7")),
+            (0, None),
+            (1, Some(&[0xde, 0xad])),
+            (1, Some(&[1, 2])),
+        ],
+        &[],
+    )]);
+    let EventKind::Bind { params, .. } = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        params[0],
+        Param {
+            type_oid: INT4,
+            value: Some(text("7"))
+        }
+    );
+    assert_eq!(
+        params[1],
+        Param {
+            type_oid: TEXT,
+            value: None
+        }
+    );
+    let bytea = params[2].value.as_ref().unwrap();
+    assert_eq!((bytea.text.as_str(), bytea.hex), ("dead", true));
+    // A type without a decoder (point) is kept as hex.
+    let point = params[3].value.as_ref().unwrap();
+    assert_eq!((point.text.as_str(), point.hex), ("0102", true));
+}
+
+#[test]
+fn rows_beyond_the_cap_are_counted_as_omitted() {
+    let mut s = Session::with_limits(CaptureLimits {
+        max_rows: 2,
+        ..CaptureLimits::default()
+    });
+    s.client(&[query("select g from generate_series(1, 5) g")]);
+    let mut frames = vec![row_description(&[("g", INT4, 0)])];
+    for i in 1..=5 {
+        frames.push(data_row(&[Some(i.to_string().as_bytes())]));
+    }
+    frames.extend([command_complete("SELECT 5"), ready(b'I')]);
+    let events = s.server(&frames);
+    assert_eq!(
+        events[1],
+        EventKind::Rows {
+            rows: vec![vec![Some(text("1"))], vec![Some(text("2"))]],
+            omitted: 3
+        }
+    );
+    assert!(matches!(
+        &events[2],
+        EventKind::CommandComplete { rows: Some(5), .. }
+    ));
+}
+
+#[test]
+fn rows_stop_at_the_byte_cap_and_zero_disables_them() {
+    let mut s = Session::with_limits(CaptureLimits {
+        max_result_bytes: 5,
+        ..CaptureLimits::default()
+    });
+    s.client(&[query("select")]);
+    let events = s.server(&[
+        data_row(&[Some(b"abc")]),
+        data_row(&[Some(b"def")]),
+        data_row(&[Some(b"g")]),
+        command_complete("SELECT 3"),
+    ]);
+    // The third row would fit, but what is kept stays a prefix of the result.
+    assert_eq!(
+        events[0],
+        EventKind::Rows {
+            rows: vec![vec![Some(text("abc"))]],
+            omitted: 2
+        }
+    );
+
+    let mut off = Session::with_limits(CaptureLimits {
+        max_rows: 0,
+        ..CaptureLimits::default()
+    });
+    off.client(&[query("select 1")]);
+    let events = off.server(&[data_row(&[Some(b"1")]), command_complete("SELECT 1")]);
+    assert!(matches!(&events[..], [EventKind::CommandComplete { .. }]));
+}
+
+#[test]
+fn copy_in_records_its_data_bytes_and_rows() {
+    let mut s = Session::with_limits(CaptureLimits {
+        max_copy_bytes: 6,
+        ..CaptureLimits::default()
+    });
+    s.client(&[query("copy t from stdin")]);
+    let start = s.server(&[frame(b'G', |b| {
+        b.put_u8(0);
+        b.put_i16(1);
+        b.put_i16(0);
+    })]);
+    assert_eq!(
+        start,
+        vec![EventKind::CopyStart {
+            direction: "in".into(),
+            binary: false
+        }]
+    );
+    let sent = s.client(&[
+        frame(b'd', |b| b.put_slice(b"1\ta\n2\tb\n")),
+        frame(b'd', |b| b.put_slice(b"3\tc\n")),
+        simple(b'c'),
+    ]);
+    assert_eq!(
+        sent,
+        vec![
+            EventKind::CopyData {
+                data: Capped {
+                    text: "1\ta\n2\t".into(),
+                    len: 12,
+                    hex: false,
+                    redacted: false
+                }
+            },
+            EventKind::CopyEnd {
+                direction: "in".into(),
+                bytes: 12,
+                rows: 3,
+                outcome: "done".into()
+            },
+        ]
+    );
+    let done = s.server(&[command_complete("COPY 3"), ready(b'I')]);
+    assert!(matches!(
+        &done[0],
+        EventKind::CommandComplete { rows: Some(3), .. }
+    ));
+}
+
+#[test]
+fn copy_out_ends_at_the_servers_copy_done_and_a_failed_copy_in_says_why() {
+    let mut s = Session::new();
+    s.client(&[query("copy t to stdout")]);
+    let events = s.server(&[
+        frame(b'H', |b| {
+            b.put_u8(0);
+            b.put_i16(0);
+        }),
+        frame(b'd', |b| b.put_slice(b"x\n")),
+        simple(b'c'),
+        command_complete("COPY 1"),
+        ready(b'I'),
+    ]);
+    assert_eq!(
+        events[0],
+        EventKind::CopyStart {
+            direction: "out".into(),
+            binary: false
+        }
+    );
+    assert_eq!(events[1], EventKind::CopyData { data: text("x\n") });
+    assert_eq!(
+        events[2],
+        EventKind::CopyEnd {
+            direction: "out".into(),
+            bytes: 2,
+            rows: 1,
+            outcome: "done".into()
+        }
+    );
+
+    s.client(&[query("copy t from stdin")]);
+    s.server(&[frame(b'G', |b| {
+        b.put_u8(0);
+        b.put_i16(0);
+    })]);
+    let failed = s.client(&[frame(b'f', |b| cstr(b, "cancelled by user"))]);
+    assert_eq!(
+        failed,
+        vec![EventKind::CopyEnd {
+            direction: "in".into(),
+            bytes: 0,
+            rows: 0,
+            outcome: "fail: cancelled by user".into()
+        }]
+    );
+}
+
+fn error_response(code: &str, message: &str, position: &str) -> Frame {
+    frame(b'E', |b| {
+        for (field, value) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', code),
+            (b'M', message),
+            (b'P', position),
+        ] {
+            b.put_u8(field);
+            cstr(b, value);
+        }
+        b.put_u8(0);
+    })
+}
+
+#[test]
+fn an_error_carries_its_position_and_skips_the_rest_of_the_pipeline() {
+    let mut s = Session::new();
+    s.client(&[
+        parse("", "selec 1", &[]),
+        bind("", "", &[], &[]),
+        execute("", 0),
+        simple(b'S'),
+        parse("", "select 2", &[]),
+        bind("", "", &[], &[]),
+        execute("", 0),
+        simple(b'S'),
+    ]);
+    let events = s.server(&[
+        error_response("42601", "syntax error at or near \"selec\"", "1"),
+        ready(b'I'),
+        simple(b'1'),
+        simple(b'2'),
+        data_row(&[Some(b"2")]),
+        command_complete("SELECT 1"),
+        ready(b'I'),
+    ]);
+    assert_eq!(
+        events[0],
+        EventKind::Error(ServerMessage {
+            severity: "ERROR".into(),
+            code: "42601".into(),
+            message: "syntax error at or near \"selec\"".into(),
+            detail: None,
+            hint: None,
+            position: Some(1),
+        })
+    );
+    // The second statement's rows and completion are matched to the second Execute: timed from
+    // its own Parse (t=5ms) to its completion (t=14ms).
+    assert_eq!(
+        events[2],
+        EventKind::Rows {
+            rows: vec![vec![Some(text("2"))]],
+            omitted: 0
+        }
+    );
+    assert_eq!(
+        events[3],
+        EventKind::CommandComplete {
+            tag: "SELECT 1".into(),
+            rows: Some(1),
+            duration_micros: 9_000
+        }
+    );
+}
+
+#[test]
+fn each_statement_of_a_multi_statement_query_gets_its_own_duration() {
+    let mut s = Session::new();
+    let sent = s.client(&[query("begin; delete from t; commit")]);
+    assert!(matches!(
+        &sent[0],
+        EventKind::Query { class: StatementClass::Write, risks, .. } if risks == &["delete_without_where"]
+    ));
+    let events = s.server(&[
+        command_complete("BEGIN"),
+        command_complete("DELETE 4"),
+        command_complete("COMMIT"),
+        ready(b'I'),
+    ]);
+    let durations: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            EventKind::CommandComplete {
+                duration_micros,
+                rows,
+                ..
+            } => Some((*duration_micros, *rows)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        durations,
+        vec![(1_000, None), (1_000, Some(4)), (1_000, None)]
+    );
+}
+
+#[test]
+fn notifications_and_parameter_changes_are_recorded() {
+    let mut s = Session::new();
+    let events = s.server(&[
+        frame(b'A', |b| {
+            b.put_i32(4242);
+            cstr(b, "jobs");
+            cstr(b, "{\"id\":1}");
+        }),
+        frame(b'S', |b| {
+            cstr(b, "TimeZone");
+            cstr(b, "UTC");
+        }),
+    ]);
+    assert_eq!(
+        events,
+        vec![
+            EventKind::Notification {
+                process_id: 4242,
+                channel: "jobs".into(),
+                payload: text("{\"id\":1}")
+            },
+            EventKind::ParameterStatus {
+                name: "TimeZone".into(),
+                value: "UTC".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn role_passwords_are_redacted_in_the_recorded_sql() {
+    let mut s = Session::new();
+    let sql = "ALTER ROLE alice WITH PASSWORD 'hunter2'";
+    let events = s.client(&[query(sql)]);
+    let EventKind::Query {
+        sql: recorded,
+        class,
+        ..
+    } = &events[0]
+    else {
+        panic!()
+    };
+    assert_eq!(recorded.text, "ALTER ROLE alice WITH PASSWORD '***'");
+    assert!(recorded.redacted);
+    assert_eq!(recorded.len, sql.len() as u64);
+    assert_eq!(*class, StatementClass::Privilege);
+}
+
+#[test]
+fn a_streamed_query_is_recorded_from_its_prefix_with_its_declared_length() {
+    let mut s = Session::with_limits(CaptureLimits {
+        max_sql_bytes: 10,
+        ..CaptureLimits::default()
+    });
+    let prefix = Bytes::from_static(b"insert into t values ('aaaa");
+    let streamed = Frame {
+        tag: b'Q',
+        body_len: 5_000_001,
+        body: prefix,
+    };
+    let events = s.client(&[streamed]);
+    let EventKind::Query { sql, class, .. } = &events[0] else {
+        panic!()
+    };
+    assert_eq!(sql.text, "insert int");
+    assert_eq!(sql.len, 5_000_000);
+    assert!(sql.is_truncated());
+    assert_eq!(*class, StatementClass::Write);
+}
+
+#[test]
+fn frames_that_produce_no_event_allocate_nothing_in_the_output() {
+    let mut s = Session::new();
+    let events = s.server(&[
+        simple(b'1'),
+        simple(b'2'),
+        simple(b'3'),
+        simple(b'n'),
+        frame(b'K', |b| b.put_u64(7)),
+    ]);
+    assert!(events.is_empty());
+    assert_eq!(events.capacity(), 0);
+}
+
+#[test]
+fn random_bytes_under_every_tag_never_panic() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let tags = b"QPBEDCSHFdcfXTDCIsENZGHWdcAStn123VK";
+    let mut s = Session::new();
+    for round in 0..20_000 {
+        let tag = tags[rng.gen_range(0..tags.len())];
+        let len = rng.gen_range(0..64);
+        let mut body: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+        // Small counts and lengths reach deeper into the decoders than uniform bytes do.
+        for b in body.iter_mut() {
+            if rng.gen_bool(0.3) {
+                *b = rng.gen_range(0..4);
+            }
+        }
+        let declared = if rng.gen_bool(0.2) {
+            len + rng.gen_range(1..100)
+        } else {
+            len
+        };
+        let f = Frame {
+            tag,
+            body_len: declared,
+            body: Bytes::from(body),
+        };
+        let direction = if round % 2 == 0 {
+            Direction::ClientToServer
+        } else {
+            Direction::ServerToClient
+        };
+        s.feed(direction, &[f]);
+    }
+}
