@@ -163,10 +163,10 @@ fn upstream_params(
     ];
     for (k, v) in &startup.params {
         let lower = k.to_ascii_lowercase();
-        let reserved = matches!(
-            lower.as_str(),
-            "user" | "database" | "replication" | "role" | "session_authorization"
-        ) || lower.starts_with("_pq_.")
+        // `role` and `session_authorization` pass: the session is the granted role itself,
+        // so PostgreSQL's own membership rules bound what they can do.
+        let reserved = matches!(lower.as_str(), "user" | "database" | "replication")
+            || lower.starts_with("_pq_.")
             || lower.starts_with("pgbastion.");
         if !reserved {
             params.push((k.clone(), v.clone()));
