@@ -196,29 +196,39 @@ pub struct ErrorFields {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// 1-based character position in the statement.
+    pub position: Option<u32>,
 }
 
 impl ErrorFields {
-    pub fn parse(tag: u8, body: &[u8]) -> Result<Self, ProtocolError> {
-        let mut c = Cursor::new(tag, body);
+    /// Reads what the body holds. Tolerant by design: text in another encoding is kept lossily,
+    /// and a cut-off or malformed body yields the fields read before the damage (a gateway
+    /// reports and records server errors; it does not judge them).
+    pub fn parse(body: &[u8]) -> Self {
         let mut f = ErrorFields::default();
-        loop {
-            let field = c.u8()?;
+        let mut rest = body;
+        while let Some((&field, after)) = rest.split_first() {
             if field == 0 {
-                return Ok(f);
+                break;
             }
-            // Servers may send non-UTF-8 text in some encodings; keep what decodes.
-            let value = c.cstr().unwrap_or("").to_owned();
+            let Some(nul) = after.iter().position(|&b| b == 0) else {
+                break;
+            };
+            let value = String::from_utf8_lossy(&after[..nul]).into_owned();
+            rest = &after[nul + 1..];
             match field {
+                // 'V' is the untranslated severity (9.6+); 'S' may be localised.
                 b'V' => f.severity = value,
                 b'S' if f.severity.is_empty() => f.severity = value,
                 b'C' => f.code = value,
                 b'M' => f.message = value,
                 b'D' => f.detail = Some(value),
                 b'H' => f.hint = Some(value),
+                b'P' => f.position = value.parse().ok(),
                 _ => {}
             }
         }
+        f
     }
 }
 
@@ -241,7 +251,7 @@ mod tests {
             .encode(&mut out);
         let frames = split_frames(out.freeze()).unwrap();
         assert_eq!(frames[0].tag, b'E');
-        let f = ErrorFields::parse(b'E', &frames[0].body).unwrap();
+        let f = ErrorFields::parse(&frames[0].body);
         assert_eq!(f.code, "28P01");
         assert_eq!(f.severity, "FATAL");
         assert_eq!(f.message, "credential expired");
@@ -252,8 +262,29 @@ mod tests {
     fn nul_in_a_message_cannot_break_framing() {
         let mut out = BytesMut::new();
         ErrorMessage::fatal("08P01", "a\0b").encode(&mut out);
-        let f = ErrorFields::parse(b'E', &split_frames(out.freeze()).unwrap()[0].body).unwrap();
+        let f = ErrorFields::parse(&split_frames(out.freeze()).unwrap()[0].body);
         assert_eq!(f.message, "ab");
+    }
+
+    #[test]
+    fn error_fields_survive_other_encodings_and_cut_bodies() {
+        let body = b"SERROR\0VERROR\0C42601\0Mbad \xe9\0P17\0Hfix it\0\0";
+        let f = ErrorFields::parse(body);
+        assert_eq!((f.code.as_str(), f.position), ("42601", Some(17)));
+        assert_eq!(
+            f.message, "bad \u{fffd}",
+            "Latin-1 byte kept lossily, fields after it still read"
+        );
+        assert_eq!(f.hint.as_deref(), Some("fix it"));
+        let cut = ErrorFields::parse(&body[..24]); // ends inside the message field
+        assert_eq!(
+            (
+                cut.severity.as_str(),
+                cut.code.as_str(),
+                cut.message.as_str()
+            ),
+            ("ERROR", "42601", "")
+        );
     }
 
     #[test]

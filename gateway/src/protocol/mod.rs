@@ -59,15 +59,6 @@ impl<'a> Cursor<'a> {
         Ok(i32::from_be_bytes(*head))
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, ProtocolError> {
-        let (&b, rest) = self
-            .buf
-            .split_first()
-            .ok_or_else(|| self.err("truncated byte"))?;
-        self.buf = rest;
-        Ok(b)
-    }
-
     /// A NUL-terminated string (UTF-8 checked).
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let nul = self

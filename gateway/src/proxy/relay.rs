@@ -181,9 +181,8 @@ impl Pump {
                     // Rare, so worth a look: a FATAL means the server is ending the session, and
                     // the client may hang up before the server's close reaches us.
                     let body = &self.buf[end + HEADER_LEN..end + h.frame_len()];
-                    if let Ok(f) = ErrorFields::parse(h.tag, body)
-                        && matches!(f.severity.as_str(), "FATAL" | "PANIC")
-                    {
+                    let f = ErrorFields::parse(body);
+                    if matches!(f.severity.as_str(), "FATAL" | "PANIC") {
                         self.server_fatal =
                             Some(format!("{} {}: {}", f.severity, f.code, f.message));
                     }

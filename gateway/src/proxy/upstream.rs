@@ -262,7 +262,7 @@ pub async fn login(
                 }
             }
             backend::ERROR_RESPONSE => {
-                let f = ErrorFields::parse(frame.tag, &frame.body).unwrap_or_default();
+                let f = ErrorFields::parse(&frame.body);
                 return Err(UpstreamError::Refused {
                     severity: f.severity,
                     code: f.code,

@@ -8,6 +8,7 @@ use super::copy::{CopyDirection, CopyState};
 use super::values::decode;
 use super::wire::Reader;
 use super::{Capture, CaptureLimits, Pending, ResultColumn, micros_between};
+use crate::protocol::backend::ErrorFields;
 use crate::protocol::frame::Frame;
 
 const ROW_DESCRIPTION: u8 = b'T';
@@ -379,29 +380,15 @@ fn rows_from_tag(tag: &str) -> Option<u64> {
     tag.rsplit(' ').next()?.parse().ok()
 }
 
-/// ErrorResponse/NoticeResponse fields; text in other encodings is kept lossily.
+/// ErrorResponse/NoticeResponse fields, parsed by the protocol layer's tolerant reader.
 fn server_message(r: &mut Reader) -> ServerMessage {
-    let mut m = ServerMessage {
-        severity: String::new(),
-        code: String::new(),
-        message: String::new(),
-        detail: None,
-        hint: None,
-        position: None,
-    };
-    while let Some(field) = r.u8().filter(|&f| f != 0) {
-        let Some(value) = r.cstr_lossy() else { break };
-        match field {
-            // 'V' is the untranslated severity (9.6+); 'S' may be localised.
-            b'V' => m.severity = value,
-            b'S' if m.severity.is_empty() => m.severity = value,
-            b'C' => m.code = value,
-            b'M' => m.message = value,
-            b'D' => m.detail = Some(value),
-            b'H' => m.hint = Some(value),
-            b'P' => m.position = value.parse().ok(),
-            _ => {}
-        }
+    let f = ErrorFields::parse(r.rest());
+    ServerMessage {
+        severity: f.severity,
+        code: f.code,
+        message: f.message,
+        detail: f.detail,
+        hint: f.hint,
+        position: f.position,
     }
-    m
 }
