@@ -49,6 +49,9 @@ pub struct GatewayConfig {
     pub upstream_connect_timeout_secs: u64,
     /// How often the gateway looks for revoked credentials to end their live sessions.
     pub revocation_poll_millis: u64,
+    /// On SIGTERM: how long live sessions may go on before they are ended with a FATAL
+    /// (0: at once). New connections are refused from the first moment.
+    pub shutdown_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -103,6 +106,7 @@ impl Default for GatewayConfig {
             auth_timeout_secs: 15,
             upstream_connect_timeout_secs: 10,
             revocation_poll_millis: 1000,
+            shutdown_grace_secs: 30,
         }
     }
 }

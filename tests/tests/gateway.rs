@@ -738,18 +738,47 @@ async fn client_vanishing_mid_query_ends_the_session_and_frees_the_server_backen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_ends_live_sessions_with_a_fatal_and_records_them() -> anyhow::Result<()> {
-    let mut lab = Lab::start(&[])?;
+async fn sigterm_drains_sessions_then_ends_the_rest_with_a_fatal() -> anyhow::Result<()> {
+    let mut lab = Lab::start(&[("PGBASTION_GATEWAY_SHUTDOWN_GRACE_SECS", "2")])?;
     lab.add_target("shop", pg::SCRAM_USER, "disable")?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
-    let client = lab.client("shop", &issued.token).await?;
-    client.simple_query("select 1").await?;
+    let leaving = lab.client("shop", &issued.token).await?;
+    let staying = lab.client("shop", &issued.token).await?;
+    staying.simple_query("select 1").await?;
+    let signalled = Instant::now();
     lab.gateway.signal(libc::SIGTERM)?;
-    let err = client.simple_query("select 1").await.unwrap_err();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // During the grace period: live sessions go on, new connections are refused.
+    leaving
+        .simple_query("select 'still here'")
+        .await
+        .context("session works during the grace period")?;
+    assert!(
+        lab.client("shop", &issued.token).await.is_err(),
+        "no new sessions while draining"
+    );
+    drop(leaving);
+    // After it: the remaining session gets a FATAL saying why.
+    let err = loop {
+        match staying.simple_query("select 1").await {
+            Ok(_) => {
+                ensure!(
+                    signalled.elapsed() < Duration::from_secs(10),
+                    "session not ended"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "ended before the grace period was over"
+    );
     let text = format!("{err:?}");
     assert!(
-        text.contains("shutting down") || client.is_closed(),
+        text.contains("shutting down") || staying.is_closed(),
         "{text}"
     );
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -768,12 +797,15 @@ async fn sigterm_ends_live_sessions_with_a_fatal_and_records_them() -> anyhow::R
         "clean exit after SIGTERM: {status}; log:\n{}",
         lab.bastion.log()
     );
-    let sessions = lab.ended_sessions(1).await?;
+    let sessions = lab.ended_sessions(2).await?;
+    let mut reasons: Vec<_> = sessions.iter().map(|s| s.end_reason).collect();
+    reasons.sort_by_key(|r| format!("{r:?}"));
     assert_eq!(
-        sessions[0].end_reason,
-        Some(EndReason::GatewayShutdown),
-        "{:?}",
-        sessions[0]
+        reasons,
+        vec![
+            Some(EndReason::ClientQuit),
+            Some(EndReason::GatewayShutdown)
+        ]
     );
     Ok(())
 }

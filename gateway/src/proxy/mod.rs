@@ -60,14 +60,15 @@ pub enum ProxyError {
 /// Connections beyond `max_connections` still get a proper "too many connections" error, but
 /// only this many such refusals run at once; past that they are closed without a word.
 const MAX_CONCURRENT_REFUSALS: usize = 64;
-/// How long sessions get to end after shutdown asked them to.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long stopped sessions get to tell their client and store their end at shutdown.
+const SHUTDOWN_FINISH: Duration = Duration::from_secs(10);
 /// Revocations are looked for this far back on every poll, so gateways whose clocks differ a
 /// little, and sessions registered while a poll ran, are still caught.
 const REVOCATION_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
-/// Serves gateway connections on `listener` until `shutdown` completes, then ends live sessions
-/// (clients get a FATAL saying why) and waits for them to finish.
+/// Serves gateway connections on `listener` until `shutdown` completes, then stops accepting,
+/// lets live sessions go on for `gateway.shutdown_grace_secs`, and ends the rest with a FATAL
+/// saying why.
 pub async fn serve(
     listener: TcpListener,
     services: Services,
@@ -113,21 +114,40 @@ pub async fn serve(
             }
         }
     }
+    drop(listener);
+    drain(
+        &shared,
+        tasks,
+        Duration::from_secs(shared.config.gateway.shutdown_grace_secs),
+    )
+    .await;
     stop_watching.cancel();
+    Ok(())
+}
+
+/// Shutdown: with the listener closed, live sessions get `grace` to end by themselves; the rest
+/// are ended with a FATAL telling the client why, and get a few seconds to record their end.
+async fn drain(shared: &Shared, tasks: TaskTracker, grace: Duration) {
+    tasks.close();
+    tracing::info!(sessions = shared.registry.len(), grace = ?grace, "shutting down: no new connections");
+    if tokio::time::timeout(grace, tasks.wait()).await.is_ok() {
+        return;
+    }
     let order = StopOrder {
         reason: EndReason::GatewayShutdown,
         message: "pgbastion gateway is shutting down".into(),
     };
     let stopped = shared.registry.stop_all(&order);
-    tracing::info!(sessions = stopped, "shutting down");
-    tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+    tracing::info!(
+        sessions = stopped,
+        "grace period over; ending the remaining sessions"
+    );
+    if tokio::time::timeout(SHUTDOWN_FINISH, tasks.wait())
         .await
         .is_err()
     {
-        tracing::warn!("some sessions did not end within {SHUTDOWN_GRACE:?}");
+        tracing::warn!("some sessions did not end within {SHUTDOWN_FINISH:?}");
     }
-    Ok(())
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
