@@ -52,6 +52,9 @@ pub struct GatewayConfig {
     /// On SIGTERM: how long live sessions may go on before they are ended with a FATAL
     /// (0: at once). New connections are refused from the first moment.
     pub shutdown_grace_secs: u64,
+    /// Threads that run sessions; 0 means one per CPU. On a host shared with busy neighbours
+    /// (the database, the clients), fewer threads cut cross-thread wake-ups and so latency.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -107,6 +110,7 @@ impl Default for GatewayConfig {
             upstream_connect_timeout_secs: 10,
             revocation_poll_millis: 1000,
             shutdown_grace_secs: 30,
+            worker_threads: 0,
         }
     }
 }

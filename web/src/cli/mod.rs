@@ -83,12 +83,13 @@ pub enum Command {
 }
 
 /// Runs one command.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs one command with the configuration `main` loaded (it needs it first, to size the
+/// runtime).
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     // The rustls default provider is set once for the process, so every TLS user (client leg,
     // upstream leg) agrees on it. Failure means it was already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let config = Config::load(cli.config.as_deref(), std::env::vars())?;
     init_logging(&config)?;
     match cli.command {
         Command::Serve => serve::run(config).await,
