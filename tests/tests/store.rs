@@ -6,16 +6,19 @@
 //! set-up (directory creation, concurrent migrations) are plain tests at the end.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use gateway::store::{
-    Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, RecordingSeal,
-    SessionEnd, Store, StoreError, StoredEvent, TargetLogin, UpstreamTls, postgres::PgStore,
+    Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, RecordingPolicy,
+    RecordingSeal, SessionEnd, SessionFilter, SessionPage, SessionStatus, SessionSummary, Store,
+    StoreError, StoredEvent, TargetLogin, UpstreamTls, follow_events, postgres::PgStore,
     sqlite::SqliteStore,
 };
 use harness::PgCluster;
 use tempfile::TempDir;
+use tokio::sync::mpsc::Receiver;
 use uuid::Uuid;
 
 // --- The two engines ---
@@ -89,6 +92,10 @@ on_both_engines!(
     targets_are_listed_by_name,
     removing_a_target_removes_its_grants_but_keeps_credentials_and_sessions,
     removing_an_unknown_target_reports_false,
+    new_target_is_recorded_strictly_unless_told_otherwise,
+    recording_policy_and_caps_of_a_target_can_be_changed,
+    recording_policy_of_an_unknown_target_is_not_found,
+    negative_recording_caps_are_refused,
     target_login_round_trips_with_and_without_a_secret,
     setting_a_known_login_again_replaces_its_secret_and_time,
     target_logins_are_listed_by_role_per_target,
@@ -114,6 +121,10 @@ on_both_engines!(
     ending_an_unknown_session_is_not_found,
     duplicate_session_id_is_refused,
     sessions_are_listed_newest_first_up_to_the_limit,
+    sessions_are_found_by_person_target_and_start_time,
+    sessions_are_found_by_status,
+    session_pages_follow_each_other_without_gaps_or_repeats,
+    found_sessions_count_their_events_and_say_whether_sealed,
     recorded_events_come_back_byte_for_byte,
     session_events_come_in_seq_order_and_page_from_a_seq,
     a_batch_with_one_stored_duplicate_stores_nothing,
@@ -123,6 +134,8 @@ on_both_engines!(
     events_of_an_unknown_session_are_refused_naming_it,
     a_recording_is_sealed_once,
     sealing_the_recording_of_an_unknown_session_is_refused,
+    following_a_session_yields_every_event_and_ends_once_sealed,
+    following_an_ended_unsealed_session_ends_after_quiet_polls,
     appending_20000_events_in_batches_of_500_reports_events_per_second,
     timestamps_keep_microseconds_and_drop_nanoseconds,
     extreme_values_round_trip_exactly,
@@ -151,6 +164,9 @@ fn new_target(name: &str) -> NewTarget {
         ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
         upstream_user: "bastion".to_string(),
         upstream_secret_sealed: Some(vec![0, 1, 2, 255]),
+        recording: RecordingPolicy::Strict,
+        record_max_rows: None,
+        record_max_result_bytes: None,
     }
 }
 
@@ -444,6 +460,81 @@ async fn removing_an_unknown_target_reports_false(store: Arc<dyn Store>) -> Resu
 }
 
 // --- Upstream logins ---
+
+async fn new_target_is_recorded_strictly_unless_told_otherwise(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let strict = store.add_target(&new_target("prod")).await?;
+    assert_eq!(strict.recording, RecordingPolicy::Strict);
+    assert_eq!(
+        (strict.record_max_rows, strict.record_max_result_bytes),
+        (None, None)
+    );
+
+    let mut wanted = new_target("reports");
+    wanted.recording = RecordingPolicy::Buffered;
+    wanted.record_max_rows = Some(0);
+    wanted.record_max_result_bytes = Some(i64::MAX);
+    let buffered = store.add_target(&wanted).await?;
+    assert_eq!(buffered.recording, RecordingPolicy::Buffered);
+    assert_eq!(buffered.record_max_rows, Some(0));
+    assert_eq!(buffered.record_max_result_bytes, Some(i64::MAX));
+    assert_eq!(store.target_by_name("reports").await?, Some(buffered));
+    Ok(())
+}
+
+async fn recording_policy_and_caps_of_a_target_can_be_changed(store: Arc<dyn Store>) -> Result<()> {
+    let created = store.add_target(&new_target("prod")).await?;
+    let off = store
+        .set_target_recording("prod", RecordingPolicy::Off, Some(5), None)
+        .await?;
+    assert_eq!(off.recording, RecordingPolicy::Off);
+    assert_eq!(
+        (off.record_max_rows, off.record_max_result_bytes),
+        (Some(5), None)
+    );
+    assert_eq!((off.id, off.created_at), (created.id, created.created_at));
+    assert_eq!(store.target_by_id(created.id).await?, Some(off));
+
+    let back = store
+        .set_target_recording("prod", RecordingPolicy::Strict, None, Some(0))
+        .await?;
+    assert_eq!(back.recording, RecordingPolicy::Strict);
+    assert_eq!(
+        (back.record_max_rows, back.record_max_result_bytes),
+        (None, Some(0))
+    );
+    assert_eq!(store.list_targets().await?, vec![back]);
+    Ok(())
+}
+
+async fn recording_policy_of_an_unknown_target_is_not_found(store: Arc<dyn Store>) -> Result<()> {
+    let err = store
+        .set_target_recording("nope", RecordingPolicy::Off, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "target", name } if name == "nope"),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+async fn negative_recording_caps_are_refused(store: Arc<dyn Store>) -> Result<()> {
+    let created = store.add_target(&new_target("prod")).await?;
+    for (rows, bytes) in [(Some(-1), None), (None, Some(-1))] {
+        let err = store
+            .set_target_recording("prod", RecordingPolicy::Buffered, rows, bytes)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Query(_)), "{err:?}");
+    }
+    let mut negative = new_target("other");
+    negative.record_max_rows = Some(-5);
+    assert!(store.add_target(&negative).await.is_err());
+    assert_eq!(store.target_by_name("prod").await?, Some(created));
+    Ok(())
+}
 
 async fn target_login_round_trips_with_and_without_a_secret(store: Arc<dyn Store>) -> Result<()> {
     let prod = store.add_target(&new_target("prod")).await?;
@@ -956,6 +1047,198 @@ async fn sessions_are_listed_newest_first_up_to_the_limit(store: Arc<dyn Store>)
     Ok(())
 }
 
+/// Inserts a session of `person` on `target` started at `started_at` and ended (when given)
+/// for `reason`; returns its id.
+async fn session_of(
+    store: &Arc<dyn Store>,
+    person: &str,
+    target: &str,
+    started_at: &str,
+    reason: Option<EndReason>,
+) -> Result<Uuid> {
+    let mut session = new_session(started_at);
+    session.person_login = person.to_string();
+    session.target_name = target.to_string();
+    store.insert_session(&session).await?;
+    if let Some(reason) = reason {
+        store
+            .end_session(session.id, &session_end("2026-03-05T00:00:00Z", reason))
+            .await?;
+    }
+    Ok(session.id)
+}
+
+fn page(limit: i64) -> SessionPage {
+    SessionPage {
+        before: None,
+        limit,
+    }
+}
+
+fn summary_ids(found: &[SessionSummary]) -> Vec<Uuid> {
+    found.iter().map(|s| s.session.id).collect()
+}
+
+async fn sessions_are_found_by_person_target_and_start_time(store: Arc<dyn Store>) -> Result<()> {
+    let a1 = session_of(&store, "alice", "prod", "2026-03-04T01:00:00Z", None).await?;
+    let a2 = session_of(&store, "alice", "stage", "2026-03-04T02:00:00Z", None).await?;
+    let b1 = session_of(&store, "bob", "prod", "2026-03-04T03:00:00Z", None).await?;
+    let b2 = session_of(&store, "bob", "prod", "2026-03-04T04:00:00Z", None).await?;
+    let find = |filter: SessionFilter| {
+        let store = store.clone();
+        async move {
+            Ok::<_, anyhow::Error>(summary_ids(&store.find_sessions(&filter, &page(10)).await?))
+        }
+    };
+    assert_eq!(find(SessionFilter::default()).await?, vec![b2, b1, a2, a1]);
+    let alice = SessionFilter {
+        person: Some("alice".into()),
+        ..SessionFilter::default()
+    };
+    assert_eq!(find(alice).await?, vec![a2, a1]);
+    let prod = SessionFilter {
+        target: Some("prod".into()),
+        ..SessionFilter::default()
+    };
+    assert_eq!(find(prod).await?, vec![b2, b1, a1]);
+    let bob_on_prod_from_4 = SessionFilter {
+        person: Some("bob".into()),
+        target: Some("prod".into()),
+        started_after: Some(at("2026-03-04T04:00:00Z")),
+        ..SessionFilter::default()
+    };
+    assert_eq!(find(bob_on_prod_from_4).await?, vec![b2]);
+    // The window includes its start and excludes its end.
+    let window = SessionFilter {
+        started_after: Some(at("2026-03-04T02:00:00Z")),
+        started_before: Some(at("2026-03-04T04:00:00Z")),
+        ..SessionFilter::default()
+    };
+    assert_eq!(find(window).await?, vec![b1, a2]);
+    let nobody = SessionFilter {
+        person: Some("carol".into()),
+        ..SessionFilter::default()
+    };
+    assert!(find(nobody).await?.is_empty());
+    Ok(())
+}
+
+async fn sessions_are_found_by_status(store: Arc<dyn Store>) -> Result<()> {
+    let live = session_of(&store, "alice", "prod", "2026-03-04T01:00:00Z", None).await?;
+    let quit = session_of(
+        &store,
+        "alice",
+        "prod",
+        "2026-03-04T02:00:00Z",
+        Some(EndReason::ClientQuit),
+    )
+    .await?;
+    let failed = session_of(
+        &store,
+        "alice",
+        "prod",
+        "2026-03-04T03:00:00Z",
+        Some(EndReason::UpstreamFailed),
+    )
+    .await?;
+    let terminated = session_of(
+        &store,
+        "alice",
+        "prod",
+        "2026-03-04T04:00:00Z",
+        Some(EndReason::Terminated),
+    )
+    .await?;
+    let revoked = session_of(
+        &store,
+        "alice",
+        "prod",
+        "2026-03-04T05:00:00Z",
+        Some(EndReason::Revoked),
+    )
+    .await?;
+    let find = |status| {
+        let store = store.clone();
+        async move {
+            let filter = SessionFilter {
+                status: Some(status),
+                ..SessionFilter::default()
+            };
+            Ok::<_, anyhow::Error>(summary_ids(&store.find_sessions(&filter, &page(10)).await?))
+        }
+    };
+    assert_eq!(find(SessionStatus::Live).await?, vec![live]);
+    assert_eq!(find(SessionStatus::Ended).await?, vec![failed, quit]);
+    assert_eq!(
+        find(SessionStatus::Terminated).await?,
+        vec![revoked, terminated]
+    );
+    Ok(())
+}
+
+async fn session_pages_follow_each_other_without_gaps_or_repeats(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    // Seven sessions, four of them starting at the very same microsecond: the id breaks ties.
+    let mut all = Vec::new();
+    for t in [
+        "2026-03-04T01:00:00Z",
+        "2026-03-04T02:00:00.000001Z",
+        "2026-03-04T02:00:00.000001Z",
+        "2026-03-04T02:00:00.000001Z",
+        "2026-03-04T02:00:00.000001Z",
+        "2026-03-04T03:00:00Z",
+        "2026-03-04T00:59:59.999999Z",
+    ] {
+        all.push(session_of(&store, "alice", "prod", t, None).await?);
+    }
+    let filter = SessionFilter::default();
+    let mut seen: Vec<SessionSummary> = Vec::new();
+    let mut before = None;
+    loop {
+        let found = store
+            .find_sessions(&filter, &SessionPage { before, limit: 3 })
+            .await?;
+        assert!(found.len() <= 3);
+        let Some(last) = found.last() else { break };
+        before = Some(last.cursor());
+        seen.extend(found);
+    }
+    assert_eq!(seen.len(), all.len(), "every session once");
+    let keys: Vec<_> = seen
+        .iter()
+        .map(|s| (s.session.started_at, s.session.id))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(keys, sorted, "newest first, ties by id descending");
+    assert!(store.find_sessions(&filter, &page(0)).await?.is_empty());
+    assert!(store.find_sessions(&filter, &page(-1)).await?.is_empty());
+    Ok(())
+}
+
+async fn found_sessions_count_their_events_and_say_whether_sealed(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let empty = session_of(&store, "alice", "prod", "2026-03-04T01:00:00Z", None).await?;
+    let recorded = session_of(&store, "alice", "prod", "2026-03-04T02:00:00Z", None).await?;
+    store.append_events(&events(recorded, 0..1200)).await?;
+    store.seal_recording(&seal(recorded)).await?;
+    let found = store
+        .find_sessions(&SessionFilter::default(), &page(10))
+        .await?;
+    let counts: Vec<(Uuid, i64, bool)> = found
+        .iter()
+        .map(|s| (s.session.id, s.event_count, s.sealed))
+        .collect();
+    assert_eq!(counts, vec![(recorded, 1200, true), (empty, 0, false)]);
+    assert_eq!(
+        found[0].session,
+        store.session(recorded).await?.context("session")?
+    );
+    Ok(())
+}
+
 // --- Recordings ---
 
 async fn recorded_events_come_back_byte_for_byte(store: Arc<dyn Store>) -> Result<()> {
@@ -1128,6 +1411,58 @@ async fn sealing_the_recording_of_an_unknown_session_is_refused(
         "{err:?}"
     );
     assert_eq!(store.recording_seal(unknown).await?, None);
+    Ok(())
+}
+
+/// The seq of the next followed event; `None` once following ended.
+async fn next(followed: &mut Receiver<Result<StoredEvent, StoreError>>) -> Result<Option<i64>> {
+    let event = tokio::time::timeout(Duration::from_secs(20), followed.recv())
+        .await
+        .context("following stalled")?;
+    Ok(event.transpose()?.map(|e| e.seq))
+}
+
+async fn following_a_session_yields_every_event_and_ends_once_sealed(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let id = started_session(&store).await?;
+    store.append_events(&events(id, 0..700)).await?;
+    let mut followed = follow_events(store.clone(), id, 0, Duration::from_millis(20));
+    for seq in 0..700 {
+        assert_eq!(next(&mut followed).await?, Some(seq));
+    }
+    store.append_events(&events(id, 700..702)).await?;
+    assert_eq!(next(&mut followed).await?, Some(700));
+    assert_eq!(next(&mut followed).await?, Some(701));
+    store.append_events(&events(id, 702..703)).await?;
+    store
+        .end_session(
+            id,
+            &session_end("2026-03-04T06:00:00Z", EndReason::ClientQuit),
+        )
+        .await?;
+    let mut sealed = seal(id);
+    sealed.event_count = 703;
+    store.seal_recording(&sealed).await?;
+    assert_eq!(next(&mut followed).await?, Some(702));
+    assert_eq!(next(&mut followed).await?, None, "ends after the seal");
+    Ok(())
+}
+
+async fn following_an_ended_unsealed_session_ends_after_quiet_polls(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let id = started_session(&store).await?;
+    store.append_events(&events(id, 0..3)).await?;
+    store
+        .end_session(id, &session_end("2026-03-04T06:00:00Z", EndReason::Error))
+        .await?;
+    let mut followed = follow_events(store.clone(), id, 1, Duration::from_millis(20));
+    let mut seqs = Vec::new();
+    while let Some(seq) = next(&mut followed).await? {
+        seqs.push(seq);
+    }
+    assert_eq!(seqs, vec![1, 2]);
     Ok(())
 }
 

@@ -10,9 +10,11 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 pub use models::*;
@@ -66,6 +68,16 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the target and its grants; returns whether it existed. Credentials and sessions
     /// stay (they are history).
     async fn remove_target(&self, name: &str) -> StoreResult<bool>;
+    /// Sets how the target's sessions are recorded (from their next session on) and its caps
+    /// (`None`: the gateway's configured default); returns the target as updated. `NotFound`
+    /// when there is no such target.
+    async fn set_target_recording(
+        &self,
+        name: &str,
+        recording: RecordingPolicy,
+        max_rows: Option<i64>,
+        max_result_bytes: Option<i64>,
+    ) -> StoreResult<Target>;
 
     // --- upstream logins ---
     /// Adds or replaces the login the gateway uses upstream for sessions granted `role` on the
@@ -124,6 +136,14 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, id: Uuid) -> StoreResult<Option<Session>>;
     /// Newest first, at most `limit`.
     async fn list_sessions(&self, limit: i64) -> StoreResult<Vec<Session>>;
+    /// Sessions matching `filter`, newest first (`started_at DESC, id DESC`), one keyset page
+    /// at a time: pass the last summary's [`SessionSummary::cursor`] as the next page's
+    /// `before`. Never counts the whole table.
+    async fn find_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &SessionPage,
+    ) -> StoreResult<Vec<SessionSummary>>;
 }
 
 /// Opens the store named by `url` (`sqlite://PATH` or `postgres://...`), creating the SQLite file
@@ -135,5 +155,217 @@ pub async fn open(url: &str) -> StoreResult<Arc<dyn Store>> {
         Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+/// Events read per query while following a session (also the channel's capacity, so a slow
+/// reader holds back at most two pages).
+const FOLLOW_PAGE: i64 = 500;
+
+/// Quiet polls after a session ended without a seal before following stops: the gateway that
+/// recorded it may have died before sealing, and nothing more will come.
+const QUIET_POLLS_AFTER_END: u32 = 2;
+
+/// Every event of a session from `from_seq` on, in order, as they are stored: what is there
+/// now, then new ones, looking every `poll`. Ends once the session has ended and its seal is
+/// stored (after the sealed events), or when it ended without a seal and `QUIET_POLLS_AFTER_END`
+/// polls found nothing new. A store error (or an unknown session) is the last item.
+///
+/// It only reads the store, so it follows sessions of any gateway process sharing it. A task
+/// does the polling; it stops when the receiver is dropped.
+pub fn follow_events(
+    store: Arc<dyn Store>,
+    session_id: Uuid,
+    from_seq: i64,
+    poll: Duration,
+) -> mpsc::Receiver<StoreResult<StoredEvent>> {
+    let (tx, rx) = mpsc::channel(FOLLOW_PAGE as usize);
+    tokio::spawn(async move {
+        if let Err(e) = follow(store.as_ref(), session_id, from_seq, poll, &tx).await {
+            // Gone receiver: nobody is left to tell.
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// Why following stopped early without an error to report.
+struct ReaderGone;
+
+async fn follow(
+    store: &dyn Store,
+    session_id: Uuid,
+    from_seq: i64,
+    poll: Duration,
+    tx: &mpsc::Sender<StoreResult<StoredEvent>>,
+) -> StoreResult<()> {
+    let mut next = from_seq.max(0);
+    let mut quiet_polls = 0;
+    loop {
+        // The end is looked at before the events: a seal, or an end, seen now was written after
+        // the events it covers, so the reading below gets all of them.
+        let sealed = store.recording_seal(session_id).await?.is_some();
+        let ended = sealed
+            || store
+                .session(session_id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "session",
+                    name: session_id.to_string(),
+                })?
+                .ended_at
+                .is_some();
+        let sent = match send_new_events(store, session_id, &mut next, tx).await? {
+            Ok(sent) => sent,
+            Err(ReaderGone) => return Ok(()),
+        };
+        if sealed {
+            return Ok(());
+        }
+        if ended {
+            quiet_polls = if sent == 0 { quiet_polls + 1 } else { 0 };
+            if quiet_polls >= QUIET_POLLS_AFTER_END {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Sends the events stored from `*next` on, page by page; returns how many.
+async fn send_new_events(
+    store: &dyn Store,
+    session_id: Uuid,
+    next: &mut i64,
+    tx: &mpsc::Sender<StoreResult<StoredEvent>>,
+) -> StoreResult<Result<u64, ReaderGone>> {
+    let mut sent = 0;
+    loop {
+        let page = store.session_events(session_id, *next, FOLLOW_PAGE).await?;
+        let full = page.len() as i64 == FOLLOW_PAGE;
+        for event in page {
+            *next = event.seq + 1;
+            if tx.send(Ok(event)).await.is_err() {
+                return Ok(Err(ReaderGone));
+            }
+            sent += 1;
+        }
+        if !full {
+            return Ok(Ok(sent));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLL: Duration = Duration::from_millis(20);
+
+    async fn store_with_session() -> (Arc<dyn Store>, Uuid) {
+        let store = open("sqlite::memory:").await.unwrap();
+        let id = Uuid::new_v4();
+        store
+            .insert_session(&NewSession {
+                id,
+                person_login: "alice".into(),
+                target_id: Uuid::new_v4(),
+                target_name: "shop".into(),
+                db_role: "app_ro".into(),
+                credential_id: Uuid::new_v4(),
+                client_addr: "192.0.2.7:5000".into(),
+                application_name: None,
+                tls_version: None,
+                started_at: models::now(),
+            })
+            .await
+            .unwrap();
+        (store, id)
+    }
+
+    /// Events `seqs` of the session (the store checks hash lengths, not the chain).
+    fn events(session_id: Uuid, seqs: std::ops::Range<i64>) -> Vec<StoredEvent> {
+        seqs.map(|seq| StoredEvent {
+            session_id,
+            seq,
+            at: models::now(),
+            kind: "sync".into(),
+            body: format!("{{\"seq\":{seq}}}"),
+            prev_hash: vec![0; 32],
+            hash: vec![1; 32],
+        })
+        .collect()
+    }
+
+    async fn end(store: &dyn Store, id: Uuid) {
+        let end = SessionEnd {
+            ended_at: models::now(),
+            reason: EndReason::ClientQuit,
+            detail: None,
+            bytes_client_to_server: 0,
+            bytes_server_to_client: 0,
+        };
+        store.end_session(id, &end).await.unwrap();
+    }
+
+    async fn next_seq(rx: &mut mpsc::Receiver<StoreResult<StoredEvent>>) -> Option<i64> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("followed events stall")
+            .map(|event| event.unwrap().seq)
+    }
+
+    #[tokio::test]
+    async fn following_a_store_yields_stored_then_new_events_and_ends_with_the_seal() {
+        let (store, id) = store_with_session().await;
+        store.append_events(&events(id, 0..2)).await.unwrap();
+        let mut rx = follow_events(store.clone(), id, 1, POLL);
+        assert_eq!(next_seq(&mut rx).await, Some(1));
+        store.append_events(&events(id, 2..4)).await.unwrap();
+        assert_eq!(next_seq(&mut rx).await, Some(2));
+        assert_eq!(next_seq(&mut rx).await, Some(3));
+        store.append_events(&events(id, 4..5)).await.unwrap();
+        end(store.as_ref(), id).await;
+        store
+            .seal_recording(&RecordingSeal {
+                session_id: id,
+                event_count: 5,
+                final_hash: vec![1; 32],
+                signature: vec![2; 64],
+                key_id: "k".into(),
+                sealed_at: models::now(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(next_seq(&mut rx).await, Some(4));
+        assert_eq!(next_seq(&mut rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn following_a_store_stops_when_an_unsealed_session_has_ended_and_stays_quiet() {
+        let (store, id) = store_with_session().await;
+        store.append_events(&events(id, 0..1)).await.unwrap();
+        end(store.as_ref(), id).await;
+        let mut rx = follow_events(store, id, 0, POLL);
+        assert_eq!(next_seq(&mut rx).await, Some(0));
+        assert_eq!(next_seq(&mut rx).await, None);
+    }
+
+    #[tokio::test]
+    async fn following_an_unknown_session_in_the_store_ends_with_not_found() {
+        let store = open("sqlite::memory:").await.unwrap();
+        let mut rx = follow_events(store, Uuid::new_v4(), 0, POLL);
+        let first = rx.recv().await.expect("an error");
+        assert!(matches!(
+            first,
+            Err(StoreError::NotFound {
+                what: "session",
+                ..
+            })
+        ));
+        assert!(rx.recv().await.is_none());
     }
 }

@@ -54,6 +54,45 @@ impl std::str::FromStr for UpstreamTls {
     }
 }
 
+/// How a target's sessions are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingPolicy {
+    /// A client message is not forwarded until its events are durably stored: while the store
+    /// is unreachable, statements are refused.
+    #[default]
+    Strict,
+    /// Messages are forwarded first and recorded asynchronously through a bounded buffer; when
+    /// the buffer cannot drain, the session is ended rather than events dropped.
+    Buffered,
+    /// Session metadata only: no statements are recorded.
+    Off,
+}
+
+impl RecordingPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingPolicy::Strict => "strict",
+            RecordingPolicy::Buffered => "buffered",
+            RecordingPolicy::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for RecordingPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" => Ok(RecordingPolicy::Strict),
+            "buffered" => Ok(RecordingPolicy::Buffered),
+            "off" => Ok(RecordingPolicy::Off),
+            other => Err(format!(
+                "unknown recording policy '{other}': use strict, buffered or off"
+            )),
+        }
+    }
+}
+
 /// A database that people reach through the gateway. `name` is what they type as `database`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
@@ -71,6 +110,11 @@ pub struct Target {
     /// The upstream password, sealed with the data directory's secret key (see `keys::SecretBox`).
     /// `None` for trust or certificate logins.
     pub upstream_secret_sealed: Option<Vec<u8>>,
+    pub recording: RecordingPolicy,
+    /// Rows kept per statement; None = the gateway's configured default, 0 = no rows.
+    pub record_max_rows: Option<i64>,
+    /// Bytes of row values kept per statement; None = configured default, 0 = none.
+    pub record_max_result_bytes: Option<i64>,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -100,6 +144,11 @@ pub struct NewTarget {
     pub ca_pem: Option<String>,
     pub upstream_user: String,
     pub upstream_secret_sealed: Option<Vec<u8>>,
+    pub recording: RecordingPolicy,
+    /// Rows kept per statement; None = the gateway's configured default, 0 = no rows.
+    pub record_max_rows: Option<i64>,
+    /// Bytes of row values kept per statement; None = configured default, 0 = none.
+    pub record_max_result_bytes: Option<i64>,
 }
 
 /// Who a grant is for.
@@ -232,6 +281,84 @@ pub struct Session {
     pub bytes_server_to_client: i64,
 }
 
+/// Which sessions [`find_sessions`](super::Store::find_sessions) returns; every field narrows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// The person's login.
+    pub person: Option<String>,
+    /// The target's name (as it was when the session started).
+    pub target: Option<String>,
+    /// Sessions started at or after this time.
+    pub started_after: Option<DateTime<Utc>>,
+    /// Sessions started strictly before this time.
+    pub started_before: Option<DateTime<Utc>>,
+    pub status: Option<SessionStatus>,
+}
+
+/// Where a session stands, derived from its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Not ended yet.
+    Live,
+    /// Ended in any way but by an admin (terminated) or a revocation.
+    Ended,
+    /// Ended by an admin or by revoking its credential.
+    Terminated,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Live => "live",
+            SessionStatus::Ended => "ended",
+            SessionStatus::Terminated => "terminated",
+        }
+    }
+}
+
+impl std::str::FromStr for SessionStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "live" => Ok(SessionStatus::Live),
+            "ended" => Ok(SessionStatus::Ended),
+            "terminated" => Ok(SessionStatus::Terminated),
+            other => Err(format!(
+                "unknown session status '{other}': use live, ended or terminated"
+            )),
+        }
+    }
+}
+
+/// One page of sessions, newest first: ordered by `(started_at DESC, id DESC)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPage {
+    /// Keyset cursor: only sessions ordered after this `(started_at, id)`, i.e. the last
+    /// session of the previous page. `None` for the first page.
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    /// At most this many sessions (negative counts as 0).
+    pub limit: i64,
+}
+
+/// A session with what its recording holds so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    #[serde(flatten)]
+    pub session: Session,
+    /// Events stored for the session (their highest seq + 1: seqs have no gaps).
+    pub event_count: i64,
+    /// Whether the recording's seal is stored.
+    pub sealed: bool,
+}
+
+impl SessionSummary {
+    /// The cursor that asks for the page after this session.
+    pub fn cursor(&self) -> (DateTime<Utc>, Uuid) {
+        (self.session.started_at, self.session.id)
+    }
+}
+
 impl GrantSubject {
     /// The stored `subject_kind`: "person" or "group".
     pub fn kind(&self) -> &'static str {
@@ -275,6 +402,12 @@ pub(super) fn decode_tls_mode(value: &str) -> super::StoreResult<UpstreamTls> {
         .map_err(|_| super::StoreError::Corrupt(format!("targets.tls_mode is '{value}'")))
 }
 
+pub(super) fn decode_recording(value: &str) -> super::StoreResult<RecordingPolicy> {
+    value
+        .parse()
+        .map_err(|_| super::StoreError::Corrupt(format!("targets.recording is '{value}'")))
+}
+
 pub(super) fn decode_port(value: i64) -> super::StoreResult<u16> {
     u16::try_from(value).map_err(|_| super::StoreError::Corrupt(format!("targets.port is {value}")))
 }
@@ -291,6 +424,18 @@ pub(super) fn decode_end_reason(value: Option<&str>) -> super::StoreResult<Optio
                 .ok_or_else(|| super::StoreError::Corrupt(format!("sessions.end_reason is '{v}'")))
         })
         .transpose()
+}
+
+/// The WHERE condition of a session status, for a query naming the sessions table `s`
+/// (constant SQL, the same for both engines: no values to bind).
+pub(super) fn session_status_condition(status: SessionStatus) -> &'static str {
+    match status {
+        SessionStatus::Live => " AND s.ended_at IS NULL",
+        SessionStatus::Terminated => " AND s.end_reason IN ('terminated', 'revoked')",
+        SessionStatus::Ended => {
+            " AND s.ended_at IS NOT NULL AND s.end_reason NOT IN ('terminated', 'revoked')"
+        }
+    }
 }
 
 /// A unique violation becomes `Duplicate` (something the user can fix by choosing another
@@ -391,4 +536,46 @@ pub(crate) fn first_repeated<'b>(
                 .get(&event.session_id)
                 .is_some_and(|seqs| seqs.contains(&event.seq))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_policy_parses_its_own_names_and_defaults_to_strict() {
+        for policy in [
+            RecordingPolicy::Strict,
+            RecordingPolicy::Buffered,
+            RecordingPolicy::Off,
+        ] {
+            assert_eq!(policy.as_str().parse(), Ok(policy));
+            let json = serde_json::to_string(&policy).unwrap();
+            assert_eq!(json, format!("\"{}\"", policy.as_str()));
+        }
+        assert_eq!(RecordingPolicy::default(), RecordingPolicy::Strict);
+    }
+
+    #[test]
+    fn unknown_recording_policy_names_the_accepted_values() {
+        let err = "paranoid".parse::<RecordingPolicy>().unwrap_err();
+        assert!(err.contains("'paranoid'") && err.contains("strict, buffered or off"));
+    }
+
+    #[test]
+    fn session_status_round_trips_and_refuses_others() {
+        for status in [
+            SessionStatus::Live,
+            SessionStatus::Ended,
+            SessionStatus::Terminated,
+        ] {
+            assert_eq!(status.as_str().parse(), Ok(status));
+        }
+        assert!(
+            "dead"
+                .parse::<SessionStatus>()
+                .unwrap_err()
+                .contains("live")
+        );
+    }
 }

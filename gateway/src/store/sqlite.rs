@@ -19,12 +19,14 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
 use super::models::{
-    decode_end_reason, decode_port, decode_subject, decode_tls_mode, duplicate_or_query,
-    event_label, first_repeated, grant_label, is_foreign_key_violation, now, seq_ranges,
+    decode_end_reason, decode_port, decode_recording, decode_subject, decode_tls_mode,
+    duplicate_or_query, event_label, first_repeated, grant_label, is_foreign_key_violation, now,
+    seq_ranges, session_status_condition,
 };
 use super::{
-    Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingSeal, Session, SessionEnd,
-    Store, StoreError, StoreResult, StoredEvent, Target, TargetLogin,
+    Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingPolicy, RecordingSeal,
+    Session, SessionEnd, SessionFilter, SessionPage, SessionSummary, Store, StoreError,
+    StoreResult, StoredEvent, Target, TargetLogin,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -46,7 +48,8 @@ macro_rules! person_columns {
 macro_rules! target_columns {
     () => {
         "id, name, host, port, database, tls_mode, ca_pem, upstream_user, \
-         upstream_secret_sealed, enabled, created_at"
+         upstream_secret_sealed, recording, record_max_rows, record_max_result_bytes, enabled, \
+         created_at"
     };
 }
 macro_rules! target_login_columns {
@@ -205,6 +208,9 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
         ca_pem: row.try_get("ca_pem")?,
         upstream_user: row.try_get("upstream_user")?,
         upstream_secret_sealed: row.try_get("upstream_secret_sealed")?,
+        recording: decode_recording(row.try_get("recording")?)?,
+        record_max_rows: row.try_get("record_max_rows")?,
+        record_max_result_bytes: row.try_get("record_max_result_bytes")?,
         enabled: row.try_get("enabled")?,
         created_at: row.try_get("created_at")?,
     })
@@ -420,8 +426,9 @@ impl Store for SqliteStore {
     async fn add_target(&self, target: &NewTarget) -> StoreResult<Target> {
         let row = sqlx::query(concat!(
             "INSERT INTO targets (id, name, host, port, database, tls_mode, ca_pem, \
-             upstream_user, upstream_secret_sealed, enabled, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING ",
+             upstream_user, upstream_secret_sealed, recording, record_max_rows, \
+             record_max_result_bytes, enabled, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING ",
             target_columns!()
         ))
         .bind(Uuid::new_v4())
@@ -433,6 +440,9 @@ impl Store for SqliteStore {
         .bind(&target.ca_pem)
         .bind(&target.upstream_user)
         .bind(&target.upstream_secret_sealed)
+        .bind(target.recording.as_str())
+        .bind(target.record_max_rows)
+        .bind(target.record_max_result_bytes)
         .bind(ts(now()))
         .fetch_one(&self.pool)
         .await
@@ -487,6 +497,33 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_target_recording(
+        &self,
+        name: &str,
+        recording: RecordingPolicy,
+        max_rows: Option<i64>,
+        max_result_bytes: Option<i64>,
+    ) -> StoreResult<Target> {
+        sqlx::query(concat!(
+            "UPDATE targets SET recording = ?, record_max_rows = ?, \
+             record_max_result_bytes = ? WHERE name = ? RETURNING ",
+            target_columns!()
+        ))
+        .bind(recording.as_str())
+        .bind(max_rows)
+        .bind(max_result_bytes)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(target_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "target",
+            name: name.to_string(),
+        })
     }
 
     async fn set_target_login(&self, login: &TargetLogin) -> StoreResult<()> {
@@ -881,11 +918,68 @@ impl Store for SqliteStore {
         let all = sqlx::query(concat!(
             "SELECT ",
             session_columns!(),
-            " FROM sessions ORDER BY started_at DESC, id LIMIT ?"
+            " FROM sessions ORDER BY started_at DESC, id DESC LIMIT ?"
         ))
         .bind(limit.max(0))
         .fetch_all(&self.pool)
         .await?;
         rows(all, session_from_row)
+    }
+
+    async fn find_sessions(
+        &self,
+        filter: &SessionFilter,
+        page: &SessionPage,
+    ) -> StoreResult<Vec<SessionSummary>> {
+        // The event count is the newest seq + 1 (seqs have no gaps): one step down the primary
+        // key (session_id, seq), however long the recording.
+        let mut query = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            session_columns!(),
+            ", COALESCE((SELECT e.seq + 1 FROM recording_events e WHERE e.session_id = s.id \
+             ORDER BY e.seq DESC LIMIT 1), 0) AS event_count, \
+             EXISTS (SELECT 1 FROM recording_seals r WHERE r.session_id = s.id) AS sealed \
+             FROM sessions s WHERE 1 = 1"
+        ));
+        if let Some(person) = &filter.person {
+            query
+                .push(" AND s.person_login = ")
+                .push_bind(person.clone());
+        }
+        if let Some(target) = &filter.target {
+            query
+                .push(" AND s.target_name = ")
+                .push_bind(target.clone());
+        }
+        if let Some(after) = filter.started_after {
+            query.push(" AND s.started_at >= ").push_bind(ts(after));
+        }
+        if let Some(before) = filter.started_before {
+            query.push(" AND s.started_at < ").push_bind(ts(before));
+        }
+        if let Some(status) = filter.status {
+            query.push(session_status_condition(status));
+        }
+        if let Some((started_at, id)) = page.before {
+            query
+                .push(" AND (s.started_at, s.id) < (")
+                .push_bind(ts(started_at))
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        query
+            .push(" ORDER BY s.started_at DESC, s.id DESC LIMIT ")
+            .push_bind(page.limit.max(0));
+        let all = query.build().fetch_all(&self.pool).await?;
+        all.iter()
+            .map(|row| {
+                Ok(SessionSummary {
+                    session: session_from_row(row)?,
+                    event_count: row.try_get("event_count")?,
+                    sealed: row.try_get("sealed")?,
+                })
+            })
+            .collect()
     }
 }
