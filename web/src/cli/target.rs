@@ -7,16 +7,31 @@ use anyhow::Context as _;
 use chrono::Utc;
 use clap::{Args, Subcommand};
 use gateway::keys::SecretBox;
-use gateway::store::{NewTarget, Target, TargetLogin, UpstreamTls};
+use gateway::store::{NewTarget, RecordingPolicy, Target, TargetLogin, UpstreamTls};
 
 use super::Ctx;
 use super::output::{print_table, time};
+
+/// What the recording policies mean, for the help of `target add` and `target recording`.
+macro_rules! recording_policies_help {
+    () => {
+        "Recording policies: strict (the default) does not forward a client message until its \
+         events are durably stored, so while the store is unreachable statements are refused; \
+         buffered forwards first and records asynchronously through a bounded buffer, and ends \
+         the session rather than drop events when the buffer cannot drain; off keeps session \
+         metadata only (who, when, from where, how it ended) and records no statements, and \
+         `pgbastion verify --all` reports such sessions as unrecorded. The row caps bound what \
+         is kept of each statement's result: rows, and bytes of row values (0 keeps none); \
+         without them the gateway's configured defaults apply."
+    };
+}
 
 #[derive(Debug, Subcommand)]
 pub enum TargetCommand {
     /// Add a target database.
     #[command(
-        long_about = "Add a target database. NAME is what people type as the database \
+        long_about = concat!(
+            "Add a target database. NAME is what people type as the database \
                             name at the gateway.\n\n\
                             Sessions run upstream as the role they were granted: the gateway \
                             logs in as that role itself, so a session cannot switch to another \
@@ -27,20 +42,43 @@ pub enum TargetCommand {
                             from standard input or an environment variable, never from the \
                             command line (where `ps` would show it); without one the gateway \
                             logs in without a password (trust or certificate \
-                            authentication).\n\nExamples:\n  \
+                            authentication).\n\n",
+            recording_policies_help!(),
+            "\n\nExamples:\n  \
                             printf '%s' \"$SHOP_RO_PASSWORD\" | pgbastion target add shop \
                             --host db.internal --database shop --user shop_ro --password-stdin\n  \
                             pgbastion target add billing --host 10.0.0.5 --port 6543 \
                             --database billing --user billing_ro --password-env BILLING_RO_PW \
-                            --tls verify-full --ca-file /etc/ssl/billing-ca.pem"
+                            --tls verify-full --ca-file /etc/ssl/billing-ca.pem\n  \
+                            pgbastion target add reports --host 10.0.0.9 --database reports \
+                            --user reports_ro --password-stdin --recording buffered \
+                            --record-rows 20 --record-bytes 16384"
+        )
     )]
     Add(AddTarget),
     /// List targets (never shows secrets, only whether one is set).
     #[command(
-        long_about = "List targets. Secrets are never shown, only whether one is \
-                            set.\n\nExample:\n  pgbastion target list"
+        long_about = "List targets with their recording policy (and row caps when they \
+                            differ from the gateway's defaults). Secrets are never shown, only \
+                            whether one is set.\n\nExample:\n  pgbastion target list"
     )]
     List,
+    /// Change how a target's sessions are recorded.
+    #[command(
+        long_about = concat!(
+            "Change how a target's sessions are recorded: the policy, and what is kept of \
+             each statement's result. Sessions that start from now on use it; live sessions \
+             keep the policy they started with. --rows and --bytes left out keep their \
+             current value; `default` returns to the gateway's configured default.\n\n",
+            recording_policies_help!(),
+            "\n\nExamples:\n  \
+             pgbastion target recording shop --policy buffered\n  \
+             pgbastion target recording shop --policy strict --rows 0 --bytes 0\n  \
+             pgbastion target recording scratch --policy off\n  \
+             pgbastion target recording shop --policy strict --rows default --bytes default"
+        )
+    )]
+    Recording(SetRecording),
     /// Remove a target, its grants and its upstream logins.
     #[command(
         long_about = "Remove a target, the grants on it and its upstream logins. Issued \
@@ -167,6 +205,84 @@ pub struct AddTarget {
     /// PEM CA bundle to check the upstream certificate against (with --tls verify-full).
     #[arg(long, value_name = "PATH")]
     ca_file: Option<PathBuf>,
+    /// How the target's sessions are recorded (see above).
+    #[arg(long, default_value = "strict", value_parser = ["strict", "buffered", "off"])]
+    recording: String,
+    /// Rows kept per statement (0: none); default: the gateway's configuration.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    record_rows: Option<i64>,
+    /// Bytes of row values kept per statement (0: none); default: the gateway's configuration.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
+    record_bytes: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetRecording {
+    /// Target name.
+    name: String,
+    /// How the target's sessions are recorded.
+    #[arg(long, value_parser = ["strict", "buffered", "off"])]
+    policy: String,
+    /// Rows kept per statement: a number (0: none) or `default`; left out: unchanged.
+    #[arg(long, value_name = "N|default", value_parser = parse_cap)]
+    rows: Option<Cap>,
+    /// Bytes of row values kept per statement: a number (0: none) or `default`; left out:
+    /// unchanged.
+    #[arg(long, value_name = "N|default", value_parser = parse_cap)]
+    bytes: Option<Cap>,
+}
+
+/// A recording cap as given to `target recording`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    /// The gateway's configured default.
+    Default,
+    Limit(i64),
+}
+
+impl Cap {
+    fn stored(self) -> Option<i64> {
+        match self {
+            Cap::Default => None,
+            Cap::Limit(n) => Some(n),
+        }
+    }
+}
+
+fn parse_cap(text: &str) -> Result<Cap, String> {
+    if text == "default" {
+        return Ok(Cap::Default);
+    }
+    match text.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(Cap::Limit(n)),
+        _ => Err(format!(
+            "'{text}' is not a cap: give a number (0 keeps none) or `default`"
+        )),
+    }
+}
+
+/// The RECORDING column of `target list`: the policy, and the caps the target sets itself.
+fn recording_summary(target: &Target) -> String {
+    let caps: Vec<String> = [
+        ("rows", target.record_max_rows),
+        ("bytes", target.record_max_result_bytes),
+    ]
+    .into_iter()
+    .filter_map(|(name, cap)| cap.map(|n| format!("{name} {n}")))
+    .collect();
+    if caps.is_empty() {
+        target.recording.as_str().to_string()
+    } else {
+        format!("{} ({})", target.recording.as_str(), caps.join(", "))
+    }
+}
+
+/// A cap as the CLI reports it.
+fn cap_text(cap: Option<i64>) -> String {
+    match cap {
+        Some(n) => n.to_string(),
+        None => "the gateway's default".to_string(),
+    }
 }
 
 pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
@@ -179,12 +295,14 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
                 .await?
                 .into_iter()
                 .map(|t| {
+                    let recording = recording_summary(&t);
                     vec![
                         t.name,
                         format!("{}:{}", t.host, t.port),
                         t.database,
                         t.upstream_user,
                         t.tls_mode.as_str().to_string(),
+                        recording,
                         if t.upstream_secret_sealed.is_some() {
                             "set"
                         } else {
@@ -197,7 +315,14 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
                 .collect();
             print_table(
                 &[
-                    "NAME", "UPSTREAM", "DATABASE", "USER", "TLS", "SECRET", "ENABLED",
+                    "NAME",
+                    "UPSTREAM",
+                    "DATABASE",
+                    "USER",
+                    "TLS",
+                    "RECORDING",
+                    "SECRET",
+                    "ENABLED",
                 ],
                 &rows,
             );
@@ -211,6 +336,42 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
             Ok(())
         }
         TargetCommand::Login(cmd) => login(cmd, ctx).await,
+        TargetCommand::Recording(args) => set_recording(args, ctx).await,
+    }
+}
+
+async fn set_recording(args: SetRecording, ctx: &Ctx) -> anyhow::Result<()> {
+    let policy: RecordingPolicy = args.policy.parse().map_err(anyhow::Error::msg)?;
+    let current = find_target(ctx, &args.name).await?;
+    let rows = args.rows.map_or(current.record_max_rows, Cap::stored);
+    let bytes = args
+        .bytes
+        .map_or(current.record_max_result_bytes, Cap::stored);
+    let target = ctx
+        .store
+        .set_target_recording(&args.name, policy, rows, bytes)
+        .await
+        .map_err(|e| missing_target(e, &args.name))?;
+    println!(
+        "target {}: recording {}, rows kept per statement: {}, result bytes kept per \
+         statement: {} (for sessions starting from now on)",
+        target.name,
+        target.recording.as_str(),
+        cap_text(target.record_max_rows),
+        cap_text(target.record_max_result_bytes)
+    );
+    warn_if_unrecorded(&target);
+    Ok(())
+}
+
+/// Says plainly that a target's sessions will not be recorded.
+fn warn_if_unrecorded(target: &Target) {
+    if target.recording == RecordingPolicy::Off {
+        eprintln!(
+            "warning: statements on target {} are not recorded; `pgbastion verify --all` \
+             reports its sessions as unrecorded",
+            target.name
+        );
     }
 }
 
@@ -226,6 +387,7 @@ async fn add(args: AddTarget, ctx: &Ctx) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let recording: RecordingPolicy = args.recording.parse().map_err(anyhow::Error::msg)?;
     let upstream_secret_sealed = sealed_password(&args.password, ctx)?;
     let target = ctx
         .store
@@ -238,6 +400,9 @@ async fn add(args: AddTarget, ctx: &Ctx) -> anyhow::Result<()> {
             ca_pem,
             upstream_user: args.user,
             upstream_secret_sealed,
+            recording,
+            record_max_rows: args.record_rows,
+            record_max_result_bytes: args.record_bytes,
         })
         .await?;
     let secret = if target.upstream_secret_sealed.is_some() {
@@ -246,14 +411,16 @@ async fn add(args: AddTarget, ctx: &Ctx) -> anyhow::Result<()> {
         "no password"
     };
     println!(
-        "target {} added: {}@{}:{}/{} (tls {}, {secret})",
+        "target {} added: {}@{}:{}/{} (tls {}, {secret}, recording {})",
         target.name,
         target.upstream_user,
         target.host,
         target.port,
         target.database,
-        target.tls_mode.as_str()
+        target.tls_mode.as_str(),
+        recording_summary(&target)
     );
+    warn_if_unrecorded(&target);
     Ok(())
 }
 
@@ -493,6 +660,9 @@ mod tests {
             ca_pem: None,
             upstream_user: "shop_ro".into(),
             upstream_secret_sealed: Some(b"sealed-default".to_vec()),
+            recording: RecordingPolicy::Strict,
+            record_max_rows: None,
+            record_max_result_bytes: None,
             enabled: true,
             created_at: Utc::now(),
         }
@@ -674,6 +844,85 @@ mod tests {
             missing_login_warning("shop", "Ops Team")
                 .contains("`pgbastion target login add shop 'Ops Team' --password-stdin`")
         );
+    }
+
+    fn parse_target(args: &[&str]) -> Result<TargetCommand, clap::Error> {
+        let cli = Cli::try_parse_from(["pgbastion", "target"].iter().chain(args))?;
+        match cli.command {
+            Command::Target(cmd) => Ok(cmd),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    const ADD: [&str; 8] = [
+        "add",
+        "shop",
+        "--host",
+        "db",
+        "--database",
+        "shop",
+        "--user",
+        "shop_ro",
+    ];
+
+    #[test]
+    fn target_add_records_strictly_unless_told_otherwise() {
+        let TargetCommand::Add(args) = parse_target(&ADD).unwrap() else {
+            panic!("not target add");
+        };
+        assert_eq!(args.recording, "strict");
+        assert_eq!((args.record_rows, args.record_bytes), (None, None));
+        let with: Vec<&str> = ADD
+            .iter()
+            .copied()
+            .chain(["--recording", "buffered", "--record-rows", "0"])
+            .chain(["--record-bytes", "16384"])
+            .collect();
+        let TargetCommand::Add(args) = parse_target(&with).unwrap() else {
+            panic!("not target add");
+        };
+        assert_eq!(args.recording, "buffered");
+        assert_eq!(
+            (args.record_rows, args.record_bytes),
+            (Some(0), Some(16384))
+        );
+    }
+
+    #[test]
+    fn target_add_refuses_unknown_policies_and_negative_caps() {
+        for extra in [
+            ["--recording", "sometimes"],
+            ["--record-rows", "-1"],
+            ["--record-bytes", "lots"],
+        ] {
+            let args: Vec<&str> = ADD.iter().copied().chain(extra).collect();
+            assert!(parse_target(&args).is_err(), "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn target_recording_takes_a_policy_and_optional_caps() {
+        let TargetCommand::Recording(args) =
+            parse_target(&["recording", "shop", "--policy", "off", "--rows", "default"]).unwrap()
+        else {
+            panic!("not target recording");
+        };
+        assert_eq!((args.name.as_str(), args.policy.as_str()), ("shop", "off"));
+        assert_eq!((args.rows, args.bytes), (Some(Cap::Default), None));
+        assert!(parse_target(&["recording", "shop"]).is_err());
+        assert!(parse_target(&["recording", "shop", "--policy", "off", "--bytes", "-5"]).is_err());
+        assert_eq!(parse_cap("42"), Ok(Cap::Limit(42)));
+    }
+
+    #[test]
+    fn target_list_shows_the_policy_and_the_caps_set() {
+        let mut target = shop();
+        assert_eq!(recording_summary(&target), "strict");
+        target.recording = RecordingPolicy::Buffered;
+        target.record_max_rows = Some(0);
+        assert_eq!(recording_summary(&target), "buffered (rows 0)");
+        target.record_max_result_bytes = Some(4096);
+        assert_eq!(recording_summary(&target), "buffered (rows 0, bytes 4096)");
     }
 
     #[test]
