@@ -4,7 +4,9 @@ mod duration;
 mod grant;
 mod output;
 mod person;
+mod replay;
 mod serve;
+mod sessions;
 mod target;
 mod token;
 mod verify;
@@ -80,6 +82,12 @@ pub enum Command {
     Token(token::TokenCommand),
     /// Check that recordings are complete and unaltered (hash chain and seal).
     Verify(verify::VerifyArgs),
+    /// List sessions: who used which target, when, and what their recording holds.
+    #[command(long_about = sessions::LONG_ABOUT)]
+    Sessions(sessions::SessionsArgs),
+    /// Show a recorded session as a psql-like transcript, or export it as JSONL.
+    #[command(long_about = replay::LONG_ABOUT)]
+    Replay(replay::ReplayArgs),
 }
 
 /// Runs one command.
@@ -107,6 +115,8 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Grant(cmd) => grant::run(cmd, &Ctx::open(config).await?).await,
         Command::Token(cmd) => token::run(cmd, &Ctx::open(config).await?).await,
         Command::Verify(args) => verify::run(args, config).await,
+        Command::Sessions(args) => sessions::run(args, &Ctx::open(config).await?).await,
+        Command::Replay(args) => replay::run(args, &Ctx::open(config).await?).await,
     }
 }
 
