@@ -17,6 +17,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub credentials: CredentialConfig,
     pub console: ConsoleConfig,
+    pub recording: RecordingConfig,
     pub log: LogConfig,
 }
 
@@ -74,6 +75,32 @@ pub struct ConsoleConfig {
     pub listen: SocketAddr,
 }
 
+/// Defaults for every target's recording (a target may set its own row caps and policy), and the
+/// writer's bounds.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Result rows kept per statement (0: none); a target may set its own.
+    pub max_rows: usize,
+    /// Bytes of result values kept per statement (0: no rows); a target may set its own.
+    pub max_result_bytes: usize,
+    /// Bytes kept of each parameter, column value or notification payload.
+    pub max_value_bytes: usize,
+    /// Bytes kept of each statement's SQL text.
+    pub max_sql_bytes: usize,
+    /// Bytes of COPY data kept per COPY (0: none; counts are always recorded).
+    pub max_copy_bytes: usize,
+    /// Events that may wait for the store (all sessions together). Past this, sessions that
+    /// produce more are ended rather than recorded incompletely.
+    pub max_buffered_events: usize,
+    /// How often buffered events are written (strict sessions are written at once).
+    pub flush_interval_millis: u64,
+    /// A commit slower than this counts as a store failure (strict sessions end).
+    pub commit_timeout_millis: u64,
+    /// At shutdown, how long to keep trying to store what is left.
+    pub shutdown_flush_secs: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -91,6 +118,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             credentials: CredentialConfig::default(),
             console: ConsoleConfig::default(),
+            recording: RecordingConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -130,6 +158,22 @@ impl Default for ConsoleConfig {
     fn default() -> Self {
         ConsoleConfig {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
+        }
+    }
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            max_rows: 100,
+            max_result_bytes: 64 * 1024,
+            max_value_bytes: 4 * 1024,
+            max_sql_bytes: 64 * 1024,
+            max_copy_bytes: 64 * 1024,
+            max_buffered_events: 500_000,
+            flush_interval_millis: 10,
+            commit_timeout_millis: 5_000,
+            shutdown_flush_secs: 30,
         }
     }
 }
@@ -202,7 +246,14 @@ const ENV_PREFIX: &str = "PGBASTION_";
 /// Names the config file; not a setting itself.
 const ENV_CONFIG_FILE: &str = "PGBASTION_CONFIG";
 /// Sections of the file; `PGBASTION_<SECTION>_<KEY>` sets `[section] key`.
-const SECTIONS: &[&str] = &["store", "gateway", "credentials", "console", "log"];
+const SECTIONS: &[&str] = &[
+    "store",
+    "gateway",
+    "credentials",
+    "console",
+    "recording",
+    "log",
+];
 
 /// One `PGBASTION_*` variable, mapped to the key it sets.
 struct EnvOverride {
@@ -370,6 +421,13 @@ impl Config {
             g.upstream_connect_timeout_secs,
         )?;
         positive("gateway.revocation_poll_millis", g.revocation_poll_millis)?;
+        let r = &self.recording;
+        positive(
+            "recording.max_buffered_events",
+            r.max_buffered_events as u64,
+        )?;
+        positive("recording.flush_interval_millis", r.flush_interval_millis)?;
+        positive("recording.commit_timeout_millis", r.commit_timeout_millis)?;
         // A startup packet holds at least its length, the protocol version and a user name.
         if g.max_startup_packet_bytes < 64 {
             return Err(ConfigError::Value {

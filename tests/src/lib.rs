@@ -2,11 +2,13 @@
 //!
 //! - [`pg::PgCluster`]: a PostgreSQL server per test, TLS on, one role per auth method.
 //! - [`pgbastion::Bastion`]: the real `pgbastion` binary with its own data directory and ports.
+//! - [`lab::Lab`]: a cluster, a gateway in front of it and a person, for end-to-end tests.
 //! - [`clients`]: tokio-postgres over rustls and psql, as the gateway's clients would connect.
 //! - [`process::ChildGuard`], [`ports::free_port`]: processes stopped by PID, ports never fixed.
 
 pub mod certs;
 pub mod clients;
+pub mod lab;
 pub mod pg;
 pub mod pgbastion;
 pub mod ports;
@@ -15,6 +17,7 @@ pub mod scratch;
 
 pub use certs::{IssuedCert, TestCa};
 pub use clients::{psql, tokio_postgres_connect};
+pub use lab::{Issued, Lab};
 pub use pg::PgCluster;
 pub use pgbastion::{Bastion, pgbastion_bin};
 pub use ports::free_port;

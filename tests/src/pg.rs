@@ -369,6 +369,24 @@ impl PgCluster {
         stop_postmaster(&self.bin_dir, &self.data_dir, Some(self.pid))
     }
 
+    /// Starts a stopped cluster again, on the same port (clients reconnect as after an outage).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.running {
+            return Ok(());
+        }
+        sys::run(
+            self.pg_ctl()
+                .args(["-w", "-t", "60", "-l"])
+                .arg(self.log_path())
+                .arg("start"),
+            "pg_ctl start",
+        )
+        .with_context(|| format!("server log:\n{}", self.log()))?;
+        self.pid = read_postmaster_pid(&self.data_dir)?;
+        self.running = true;
+        Ok(())
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.root.path().join("server.log")
     }

@@ -111,8 +111,17 @@ impl Bastion {
         format!("http://{}", self.console_addr())
     }
 
-    /// The SQLite store in the data directory.
+    /// The store: `PGBASTION_STORE_URL` when the extra environment sets one, else the SQLite
+    /// file in the data directory.
     pub fn store_url(&self) -> String {
+        if let Some((_, url)) = self
+            .extra_env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == "PGBASTION_STORE_URL")
+        {
+            return url.clone();
+        }
         format!(
             "sqlite://{}",
             self.data_path().join("pgbastion.db").display()

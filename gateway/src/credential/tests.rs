@@ -277,6 +277,9 @@ impl FakeStore {
             upstream_user: "gw".into(),
             upstream_secret_sealed: None,
             enabled: target_enabled,
+            recording: RecordingPolicy::Strict,
+            record_max_rows: None,
+            record_max_result_bytes: None,
             created_at: Utc::now(),
         };
         let grants = grants
@@ -341,6 +344,15 @@ impl Store for FakeStore {
     }
     async fn remove_target(&self, _: &str) -> StoreResult<bool> {
         unreachable!("issue does not remove targets")
+    }
+    async fn set_target_recording(
+        &self,
+        _: &str,
+        _: RecordingPolicy,
+        _: Option<i64>,
+        _: Option<i64>,
+    ) -> StoreResult<Target> {
+        unreachable!("issue does not write targets")
     }
     async fn set_target_login(&self, _: &TargetLogin) -> StoreResult<()> {
         unreachable!("issue does not write upstream logins")
@@ -425,6 +437,13 @@ impl Store for FakeStore {
         Ok(None)
     }
     async fn list_sessions(&self, _: i64) -> StoreResult<Vec<Session>> {
+        Ok(Vec::new())
+    }
+    async fn find_sessions(
+        &self,
+        _: &SessionFilter,
+        _: &SessionPage,
+    ) -> StoreResult<Vec<SessionSummary>> {
         Ok(Vec::new())
     }
 }

@@ -23,6 +23,8 @@ use crate::store::{Credential, Target};
 pub struct Authorized {
     pub credential: Credential,
     pub target: Arc<Target>,
+    /// The person's groups at login (recorded with the session).
+    pub groups: Vec<String>,
 }
 
 /// Why a client was not let in; `error` is what the client is told.
@@ -214,6 +216,7 @@ pub async fn check_token(
     Ok(Authorized {
         credential,
         target: Arc::new(target),
+        groups,
     })
 }
 

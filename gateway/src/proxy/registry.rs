@@ -166,6 +166,9 @@ mod tests {
             upstream_user: "app".into(),
             upstream_secret_sealed: None,
             enabled: true,
+            recording: crate::store::RecordingPolicy::Strict,
+            record_max_rows: None,
+            record_max_result_bytes: None,
             created_at: chrono::Utc::now(),
         })
     }

@@ -6,6 +6,10 @@
 //! the complete messages at the front off as one shared `Bytes` (no copy), shows each message to
 //! the recorder tap, and writes the chunk out. A message larger than [`STREAM_THRESHOLD`] is not
 //! held whole: it is passed through as it arrives and the tap sees its first part.
+//!
+//! Under strict recording the tap may hold a chunk of client messages until their events are
+//! stored: the pump then stops reading that client (back-pressure) while the server's answers
+//! to earlier statements keep flowing.
 
 use std::future::poll_fn;
 use std::io;
@@ -20,7 +24,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::backend::{ERROR_RESPONSE, ErrorFields, ErrorMessage};
 use crate::protocol::frame::{Frame, HEADER_LEN, parse_header};
 use crate::protocol::frontend::TERMINATE;
-use crate::record::{Direction, SessionTap};
+use crate::record::{Direction, RecordingFailed, Release, SessionTap};
 
 /// Messages above this size are streamed through instead of being held whole.
 pub const STREAM_THRESHOLD: usize = 1024 * 1024;
@@ -38,6 +42,8 @@ pub enum RelayEnd {
     ClientFailed(RelayError),
     /// The server's connection failed.
     ServerFailed(RelayError),
+    /// The session's recording cannot be kept; the held chunk was not forwarded.
+    RecordingFailed(RecordingFailed),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,8 @@ pub enum RelayError {
     Truncated,
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    Recording(#[from] RecordingFailed),
 }
 
 /// One direction: a receive buffer, the chunk being written, and the oversized message being
@@ -60,6 +68,8 @@ struct Pump {
     streaming: usize,
     limit: usize,
     need_flush: bool,
+    /// `out` waits for the tap's release (strict recording).
+    held: bool,
     last_tag: u8,
     bytes: u64,
     /// The last FATAL the server sent, if any (server-to-client direction only).
@@ -79,6 +89,7 @@ impl Pump {
             streaming: 0,
             limit,
             need_flush: false,
+            held: false,
             last_tag: 0,
             bytes: 0,
             server_fatal: None,
@@ -104,6 +115,23 @@ impl Pump {
     {
         // The error tuple says whether the *reading* side (true) or the writing side failed.
         loop {
+            if self.held {
+                let release = match tap.as_mut() {
+                    Some(tap) => tap.poll_release(cx),
+                    None => Poll::Ready(Ok(())),
+                };
+                match release {
+                    Poll::Ready(Ok(())) => self.held = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e.into()))),
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(dst.as_mut().poll_flush(cx)).map_err(|e| (false, e.into()))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
             while !self.out.is_empty() {
                 match dst.as_mut().poll_write(cx, &self.out) {
                     Poll::Ready(Ok(0)) => {
@@ -203,6 +231,7 @@ impl Pump {
                             body,
                         },
                     );
+                    self.held = tap.chunk_done(self.direction)? == Release::AfterCommit;
                 }
                 self.last_tag = h.tag;
                 self.streaming = h.frame_len();
@@ -217,6 +246,7 @@ impl Pump {
         let chunk = self.buf.split_to(end).freeze();
         if let Some(tap) = tap.as_mut() {
             show_frames(tap.as_mut(), self.direction, &chunk);
+            self.held = tap.chunk_done(self.direction)? == Release::AfterCommit;
         }
         Ok(Some(chunk))
     }
@@ -284,6 +314,7 @@ impl Relay {
                     Ok(PumpDone::Eof) => RelayEnd::ClientClosed {
                         said_goodbye: c2s.last_tag == TERMINATE,
                     },
+                    Err((_, RelayError::Recording(e))) => RelayEnd::RecordingFailed(e),
                     Err((true, e)) => RelayEnd::ClientFailed(e),
                     Err((false, e)) => RelayEnd::ServerFailed(e),
                 });
@@ -294,6 +325,7 @@ impl Relay {
             {
                 return Poll::Ready(match r {
                     Ok(PumpDone::Eof) => RelayEnd::ServerClosed,
+                    Err((_, RelayError::Recording(e))) => RelayEnd::RecordingFailed(e),
                     Err((true, e)) => RelayEnd::ServerFailed(e),
                     Err((false, e)) => RelayEnd::ClientFailed(e),
                 });
@@ -361,6 +393,12 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((direction, frame.tag, frame.body_len, frame.body.len()));
+        }
+        fn chunk_done(&mut self, _direction: Direction) -> Result<Release, RecordingFailed> {
+            Ok(Release::Now)
+        }
+        fn poll_release(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), RecordingFailed>> {
+            Poll::Ready(Ok(()))
         }
         fn end(self: Box<Self>, _end: &SessionEnd) {}
     }

@@ -312,13 +312,36 @@ async fn run(
         session_id,
         credential_id: credential.id,
         person_login: credential.person_login.clone(),
-        target_name: target.name.clone(),
+        groups: authorized.groups.clone(),
+        target: target.clone(),
         db_role: credential.db_role.clone(),
         client_addr: peer,
         application_name: started.application_name.clone(),
         tls_version: started.tls_version.clone(),
+        started_at: started.started_at,
     };
-    let mut tap = shared.recorder.start(&info);
+    let mut tap = match shared.recorder.start(&info) {
+        Ok(tap) => tap,
+        Err(failed) => {
+            warn!(session = %session_id, error = %failed, "cannot record the session; refusing it");
+            let _ = client.write_all(&recording_refusal(&failed)).await;
+            let _ = client.shutdown().await;
+            let mut bye = BytesMut::new();
+            frontend::terminate(&mut bye);
+            let _ = server.write_all(&bye).await;
+            finish(
+                shared,
+                session_id,
+                end(
+                    EndReason::Error,
+                    Some(format!("recording failed: {failed}")),
+                    (0, 0),
+                ),
+            )
+            .await;
+            return;
+        }
+    };
     let mut relay = Relay::new(
         shared.config.gateway.max_client_message_bytes,
         client_buf,
@@ -335,6 +358,16 @@ async fn run(
         end = relay.run(&mut *client, &mut server, &mut tap) => Ok(end),
     };
     let (reason, detail) = match outcome {
+        Ok(RelayEnd::RecordingFailed(failed)) => {
+            warn!(session = %session_id, person = %credential.person_login, error = %failed, "recording failed; ending the session");
+            let _ = relay
+                .close_client_with(&mut *client, &recording_error(&failed))
+                .await;
+            (
+                EndReason::Error,
+                Some(format!("recording failed: {failed}")),
+            )
+        }
         Ok(relay_end) => conclude(relay_end, &mut relay, &mut client).await,
         Err(order) => {
             let error = ErrorMessage::fatal("57P01", order.message.clone());
@@ -350,12 +383,31 @@ async fn run(
     }
     let _ = server.shutdown().await;
     let session_end = end(reason, detail, relay.bytes());
-    if let Some(tap) = tap.take() {
-        tap.end(&session_end);
-    }
     drop(registration);
     info!(session = %session_id, person = %credential.person_login, reason = reason.as_str(), "session ended");
-    finish(shared, session_id, session_end).await;
+    match tap.take() {
+        Some(tap) => tap.end(&session_end),
+        None => finish(shared, session_id, session_end).await,
+    }
+}
+
+/// What a client is told when its session cannot be recorded: nothing it sent after the last
+/// recorded statement was run.
+fn recording_error(failed: &crate::record::RecordingFailed) -> ErrorMessage {
+    ErrorMessage::fatal(
+        "57000",
+        format!("pgbastion ends this session because it cannot be recorded: {failed}"),
+    )
+    .with_hint(
+        "the statement was not sent to the database; reconnect once the recording store is \
+         back (an admin can see the cause in the gateway log)",
+    )
+}
+
+fn recording_refusal(failed: &crate::record::RecordingFailed) -> BytesMut {
+    let mut out = BytesMut::new();
+    recording_error(failed).encode(&mut out);
+    out
 }
 
 fn upstream_deadline(shared: &Shared) -> Instant {
@@ -449,6 +501,10 @@ async fn conclude(
             Some("client disconnected without Terminate".into()),
         ),
         RelayEnd::ServerClosed => (EndReason::ServerClosed, None),
+        RelayEnd::RecordingFailed(failed) => (
+            EndReason::Error,
+            Some(format!("recording failed: {failed}")),
+        ),
         RelayEnd::ServerFailed(e) => (
             EndReason::ServerClosed,
             Some(format!("server connection failed: {e}")),

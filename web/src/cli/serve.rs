@@ -7,7 +7,8 @@ use gateway::config::Config;
 use gateway::credential::CredentialSigner;
 use gateway::keys::{self, SecretBox};
 use gateway::proxy::{self, Services};
-use gateway::record::NullRecorder;
+use gateway::record::chain::{RECORDING_KEY_FILE, RecordingKey};
+use gateway::record::{RecorderSettings, StoreRecorder};
 use tokio::net::TcpListener;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -24,6 +25,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.credentials.audience,
     )?;
     let secrets = SecretBox::load_or_create(&config.secret_key_path())?;
+    let recording_key = RecordingKey::load_or_create(&config.data_dir.join(RECORDING_KEY_FILE))?;
+    let recorder = Arc::new(StoreRecorder::start(
+        ctx.store.clone(),
+        Arc::new(recording_key),
+        &RecorderSettings::from_config(&config.recording),
+    ));
 
     let addr = config.gateway.listen;
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -49,12 +56,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         signer: Arc::new(signer),
         secrets: Arc::new(secrets),
         tls,
-        recorder: Arc::new(NullRecorder),
+        recorder: recorder.clone(),
     };
-    proxy::serve(listener, services, shutdown_signal())
-        .await
-        .context("gateway stopped")?;
-    tracing::info!("gateway stopped");
+    let served = proxy::serve(listener, services, shutdown_signal()).await;
+    // Every session has ended (or the accept loop failed): store and seal what is left.
+    let lost = recorder.shutdown().await;
+    served.context("gateway stopped")?;
+    if lost > 0 {
+        anyhow::bail!(
+            "gateway stopped with {lost} recording events the store did not take (see the log)"
+        );
+    }
+    tracing::info!("gateway stopped; every recording is stored");
     Ok(())
 }
 

@@ -1,0 +1,556 @@
+//! The batching writer: one task per gateway that chains the events of every session, stores
+//! them in transactions, and seals each recording when its session has ended.
+//!
+//! Taps hand over events through a queue under a short lock (one hand-over per relay chunk).
+//! The writer takes everything queued at once, so while one transaction commits the next batch
+//! gathers: under load each commit carries many sessions' events (group commit). It wakes on a
+//! short timer for `buffered` sessions and at once when a `strict` session waits.
+//!
+//! Nothing is dropped: events the store cannot take stay in memory, in order, and are retried
+//! with back-off. A bound on what may wait ([`RecorderSettings::max_buffered_events`]) turns a
+//! long outage into ended sessions instead of unbounded memory; `strict` sessions end as soon as
+//! a commit they wait for fails.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use super::RecordingFailed;
+use super::chain::{Chain, RecordingKey};
+use super::event::Event;
+use super::recorder::RecorderSettings;
+use crate::store::{RecordingPolicy, SessionEnd, Store, StoreError, StoredEvent};
+
+/// Events written per transaction at most (a backlog after an outage goes in several).
+const MAX_BATCH: usize = 2_000;
+/// How long a commit is awaited at most before the writer gives up on it (its outcome is then
+/// unknown, and settled by [`Writer::drop_stored`] on the next attempt).
+fn hard_timeout(commit_timeout: Duration) -> Duration {
+    (commit_timeout * 6).max(Duration::from_secs(30))
+}
+/// Back-off between attempts while the store fails.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What a session's tap and the writer share: how far its events are committed, and whether
+/// its recording failed.
+pub struct Progress {
+    session_id: Uuid,
+    policy: RecordingPolicy,
+    /// Number of the session's events committed (so the next seq to commit).
+    committed: AtomicU64,
+    failed: OnceLock<String>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Progress {
+    fn new(session_id: Uuid, policy: RecordingPolicy) -> Self {
+        Progress {
+            session_id,
+            policy,
+            committed: AtomicU64::new(0),
+            failed: OnceLock::new(),
+            waker: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn check(&self) -> Result<(), RecordingFailed> {
+        match self.failed.get() {
+            Some(why) => Err(RecordingFailed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Ready once `count` events are committed (or the recording failed).
+    pub(super) fn poll_committed(
+        &self,
+        cx: &mut Context<'_>,
+        count: u64,
+    ) -> Poll<Result<(), RecordingFailed>> {
+        if let Some(result) = self.settled(count) {
+            return Poll::Ready(result);
+        }
+        *self.waker.lock().expect("waker lock") = Some(cx.waker().clone());
+        // Checked again: the writer may have moved on between the first check and the store.
+        match self.settled(count) {
+            Some(result) => Poll::Ready(result),
+            None => Poll::Pending,
+        }
+    }
+
+    fn settled(&self, count: u64) -> Option<Result<(), RecordingFailed>> {
+        self.check()
+            .err()
+            .map(Err)
+            .or_else(|| (self.committed.load(Ordering::Acquire) >= count).then_some(Ok(())))
+    }
+
+    fn advance(&self, committed: u64) {
+        self.committed.fetch_max(committed, Ordering::AcqRel);
+        self.wake();
+    }
+
+    fn fail(&self, why: String) {
+        if self.failed.set(why).is_ok() {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = self.waker.lock().expect("waker lock").take() {
+            waker.wake();
+        }
+    }
+}
+
+enum Job {
+    Events {
+        progress: Arc<Progress>,
+        events: Vec<Event>,
+    },
+    /// The session's last events; once they are committed the session's end is stored and
+    /// the recording sealed.
+    End {
+        progress: Arc<Progress>,
+        events: Vec<Event>,
+        end: SessionEnd,
+    },
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    closed: bool,
+}
+
+struct Inner {
+    queue: Mutex<Queue>,
+    /// Wakes the writer at once (a strict session waits, or shutdown).
+    wake: Notify,
+    /// Events handed over and not yet committed.
+    buffered: AtomicUsize,
+    max_buffered: usize,
+}
+
+/// The taps' side of the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    inner: Arc<Inner>,
+}
+
+impl WriterHandle {
+    /// Registers a session and hands over its first event (the session start).
+    pub(super) fn start(
+        &self,
+        session_id: Uuid,
+        policy: RecordingPolicy,
+        first: Event,
+    ) -> Result<Arc<Progress>, RecordingFailed> {
+        let progress = Arc::new(Progress::new(session_id, policy));
+        self.submit(&progress, vec![first], policy == RecordingPolicy::Strict)?;
+        Ok(progress)
+    }
+
+    /// Queues events; refused (and the session's recording failed) when the buffer is full.
+    pub(super) fn submit(
+        &self,
+        progress: &Arc<Progress>,
+        events: Vec<Event>,
+        urgent: bool,
+    ) -> Result<(), RecordingFailed> {
+        let n = events.len();
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        if queue.closed {
+            drop(queue);
+            let why = "the recorder has stopped (gateway shutting down)".to_string();
+            progress.fail(why.clone());
+            return Err(RecordingFailed(why));
+        }
+        let buffered = self.inner.buffered.load(Ordering::Relaxed);
+        if buffered + n > self.inner.max_buffered {
+            // Still queued: these events describe frames already seen, and a recording with
+            // a gap would be worse than a short overshoot of the bound.
+            self.inner.buffered.fetch_add(n, Ordering::Relaxed);
+            queue.jobs.push(Job::Events {
+                progress: progress.clone(),
+                events,
+            });
+            drop(queue);
+            let why = format!(
+                "the recording buffer is full ({buffered} events wait for the store): the \
+                 session is ended rather than recorded incompletely"
+            );
+            progress.fail(why.clone());
+            return Err(RecordingFailed(why));
+        }
+        self.inner.buffered.fetch_add(n, Ordering::Relaxed);
+        queue.jobs.push(Job::Events {
+            progress: progress.clone(),
+            events,
+        });
+        drop(queue);
+        if urgent {
+            self.inner.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues the session's last events (whatever the bound: a recording must say how it ended).
+    pub(super) fn finish(&self, progress: &Arc<Progress>, events: Vec<Event>, end: SessionEnd) {
+        self.inner
+            .buffered
+            .fetch_add(events.len(), Ordering::Relaxed);
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        queue.jobs.push(Job::End {
+            progress: progress.clone(),
+            events,
+            end,
+        });
+    }
+
+    /// Events handed over and not yet stored (for metrics and tests).
+    pub fn buffered(&self) -> usize {
+        self.inner.buffered.load(Ordering::Relaxed)
+    }
+
+    /// No more sessions: the writer stores what it holds, seals, and returns.
+    pub(super) fn close(&self) {
+        self.inner.queue.lock().expect("queue lock").closed = true;
+        self.inner.wake.notify_one();
+    }
+}
+
+/// One session as the writer tracks it.
+struct Recording {
+    chain: Chain,
+    progress: Arc<Progress>,
+    /// Set when the session has ended: stored on its row, then the recording is sealed.
+    end: Option<SessionEnd>,
+}
+
+/// The writer task's state.
+pub struct Writer {
+    inner: Arc<Inner>,
+    store: Arc<dyn Store>,
+    key: Arc<RecordingKey>,
+    flush_interval: Duration,
+    commit_timeout: Duration,
+    recordings: HashMap<Uuid, Recording>,
+    /// Chained events not yet stored, in order.
+    backlog: VecDeque<StoredEvent>,
+    /// Whether the last attempt failed, and the next delay.
+    retry: Option<Duration>,
+}
+
+/// Builds the writer and the handle taps use.
+pub fn writer(
+    store: Arc<dyn Store>,
+    key: Arc<RecordingKey>,
+    settings: &RecorderSettings,
+) -> (Writer, WriterHandle) {
+    let inner = Arc::new(Inner {
+        queue: Mutex::new(Queue::default()),
+        wake: Notify::new(),
+        buffered: AtomicUsize::new(0),
+        max_buffered: settings.max_buffered_events,
+    });
+    let writer = Writer {
+        inner: inner.clone(),
+        store,
+        key,
+        flush_interval: settings.flush_interval,
+        commit_timeout: settings.commit_timeout,
+        recordings: HashMap::new(),
+        backlog: VecDeque::new(),
+        retry: None,
+    };
+    (writer, WriterHandle { inner })
+}
+
+impl Writer {
+    /// Runs until the handle is closed and everything is stored, or until `give_up` completes
+    /// after the close (the store stayed unreachable); returns how many events were not stored.
+    pub async fn run(mut self, give_up: impl std::future::Future<Output = ()>) -> usize {
+        tokio::pin!(give_up);
+        let mut closing = false;
+        loop {
+            // Closing with a healthy store: no waiting, just drain.
+            if !closing || self.retry.is_some() {
+                let delay = self.retry.unwrap_or(self.flush_interval);
+                tokio::select! {
+                    // While the store fails, only the back-off timer (and shutdown) wakes us.
+                    _ = self.inner.wake.notified(), if self.retry.is_none() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut give_up, if closing => return self.abandon(),
+                }
+            }
+            let (jobs, closed) = {
+                let mut queue = self.inner.queue.lock().expect("queue lock");
+                (std::mem::take(&mut queue.jobs), queue.closed)
+            };
+            closing = closed;
+            self.chain(jobs);
+            if self.write_backlog().await {
+                self.seal_ended().await;
+            }
+            if closing
+                && self.backlog.is_empty()
+                && !self.has_unsealed_ends()
+                && self.inner.queue.lock().expect("queue lock").jobs.is_empty()
+            {
+                return 0;
+            }
+        }
+    }
+
+    fn has_unsealed_ends(&self) -> bool {
+        self.recordings.values().any(|r| r.end.is_some())
+    }
+
+    /// Links queued events into their sessions' chains and appends them to the backlog.
+    fn chain(&mut self, jobs: Vec<Job>) {
+        for job in jobs {
+            let (progress, events, end) = match job {
+                Job::Events { progress, events } => (progress, events, None),
+                Job::End {
+                    progress,
+                    events,
+                    end,
+                } => (progress, events, Some(end)),
+            };
+            let id = progress.session_id;
+            let recording = self.recordings.entry(id).or_insert_with(|| Recording {
+                chain: Chain::new(id),
+                progress: progress.clone(),
+                end: None,
+            });
+            for event in &events {
+                match recording.chain.append(event) {
+                    Ok(stored) => self.backlog.push_back(stored),
+                    Err(e) => {
+                        // A recorder bug, not an outage: say so loudly and stop this session.
+                        error!(session = %id, error = %e, "cannot chain an event");
+                        progress.fail(format!("recording error: {e}"));
+                    }
+                }
+            }
+            if end.is_some() {
+                recording.end = end;
+            }
+        }
+    }
+
+    /// Stores the backlog in transactions; false when the store failed (retry later).
+    async fn write_backlog(&mut self) -> bool {
+        while !self.backlog.is_empty() {
+            let n = self.backlog.len().min(MAX_BATCH);
+            let failure = match self.append_front(n).await {
+                Ok(()) => None,
+                // An earlier attempt that gave up waiting may have committed after all, in
+                // part or whole: drop what the store holds, then try the rest again.
+                Err(StoreError::Duplicate { .. }) => match self.drop_stored(n).await {
+                    Ok(()) => continue,
+                    Err(e) => Some(e),
+                },
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = failure {
+                self.failed(&why);
+                return false;
+            }
+            if self.retry.take().is_some() {
+                info!("the store takes recordings again");
+            }
+            let mut done: HashMap<Uuid, u64> = HashMap::new();
+            for event in self.backlog.drain(..n) {
+                done.insert(event.session_id, event.seq as u64 + 1);
+            }
+            self.inner.buffered.fetch_sub(n, Ordering::Relaxed);
+            for (id, committed) in done {
+                if let Some(recording) = self.recordings.get(&id) {
+                    recording.progress.advance(committed);
+                }
+            }
+        }
+        true
+    }
+
+    /// Appends the first `n` backlog events in one transaction. Past `commit_timeout` the
+    /// strict sessions waiting on it are ended (they may not wait longer), but the commit is
+    /// still awaited, up to [`hard_timeout`]: abandoning it early would leave its outcome
+    /// unknown.
+    async fn append_front(&mut self, n: usize) -> Result<(), StoreError> {
+        self.backlog.make_contiguous();
+        let batch = &self.backlog.as_slices().0[..n];
+        let append = self.store.append_events(batch);
+        tokio::pin!(append);
+        tokio::select! {
+            result = &mut append => return result,
+            _ = tokio::time::sleep(self.commit_timeout) => {}
+        }
+        let why = format!(
+            "the store did not commit within {} ms",
+            self.commit_timeout.as_millis()
+        );
+        let waiting: std::collections::HashSet<Uuid> = batch.iter().map(|e| e.session_id).collect();
+        self.fail_strict(waiting, &why);
+        match tokio::time::timeout(hard_timeout(self.commit_timeout), append).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Corrupt(format!("{why}; gave up waiting"))),
+        }
+    }
+
+    /// Removes from the front `n` of the backlog the events the store already holds (checking
+    /// they are the same events), after a batch was refused as a duplicate.
+    async fn drop_stored(&mut self, n: usize) -> Result<(), String> {
+        let mut ranges: HashMap<Uuid, (i64, i64)> = HashMap::new();
+        for e in self.backlog.iter().take(n) {
+            let r = ranges.entry(e.session_id).or_insert((e.seq, e.seq));
+            r.0 = r.0.min(e.seq);
+            r.1 = r.1.max(e.seq);
+        }
+        let mut stored: HashMap<(Uuid, i64), Vec<u8>> = HashMap::new();
+        for (id, (lowest, highest)) in ranges {
+            let events = self
+                .store
+                .session_events(id, lowest, highest - lowest + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            for e in events {
+                stored.insert((e.session_id, e.seq), e.hash);
+            }
+        }
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        let mut dropped = 0;
+        for (i, e) in self.backlog.drain(..).enumerate() {
+            match stored.get(&(e.session_id, e.seq)) {
+                Some(hash) if i < n && *hash == e.hash => {
+                    dropped += 1;
+                    if let Some(recording) = self.recordings.get(&e.session_id) {
+                        recording.progress.advance(e.seq as u64 + 1);
+                    }
+                }
+                Some(_) if i < n => {
+                    error!(session = %e.session_id, seq = e.seq, "the store holds a different event under this seq");
+                    return Err(format!(
+                        "the store holds a different event as {} seq {}",
+                        e.session_id, e.seq
+                    ));
+                }
+                _ => kept.push_back(e),
+            }
+        }
+        self.backlog = kept;
+        self.inner.buffered.fetch_sub(dropped, Ordering::Relaxed);
+        if dropped == 0 {
+            return Err("the store refused a batch as a duplicate, yet holds none of it".into());
+        }
+        warn!(
+            events = dropped,
+            "events of an abandoned attempt were stored after all"
+        );
+        Ok(())
+    }
+
+    /// The store refused or timed out: strict sessions with events waiting end now; buffered
+    /// ones go on within the bound.
+    fn failed(&mut self, why: &str) {
+        let next = match self.retry {
+            None => {
+                warn!(
+                    error = why,
+                    waiting = self.backlog.len(),
+                    "cannot store recordings; retrying"
+                );
+                RETRY_MIN
+            }
+            Some(delay) => (delay * 2).min(RETRY_MAX),
+        };
+        self.retry = Some(next);
+        let waiting: std::collections::HashSet<Uuid> =
+            self.backlog.iter().map(|e| e.session_id).collect();
+        self.fail_strict(waiting, why);
+    }
+
+    /// Ends the strict sessions among `sessions`: their statements cannot be recorded in time.
+    fn fail_strict(&self, sessions: std::collections::HashSet<Uuid>, why: &str) {
+        for id in sessions {
+            if let Some(recording) = self.recordings.get(&id)
+                && recording.progress.policy == RecordingPolicy::Strict
+            {
+                recording.progress.fail(format!(
+                    "the statement was not run because it could not be recorded ({why})"
+                ));
+            }
+        }
+    }
+
+    /// Stores the end of every ended session whose events are all stored, and seals its
+    /// recording. The session row's end goes first: a seal means the whole session is stored.
+    async fn seal_ended(&mut self) {
+        let ready: Vec<Uuid> = self
+            .recordings
+            .iter()
+            .filter(|(_, r)| r.end.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let recording = &self.recordings[&id];
+            let end = recording.end.clone().expect("filtered on end");
+            let seal = recording.chain.seal(&self.key);
+            let stored = async {
+                self.store.end_session(id, &end).await?;
+                match self.store.seal_recording(&seal).await {
+                    Err(StoreError::Duplicate { .. }) => Ok(()),
+                    other => other,
+                }
+            };
+            match tokio::time::timeout(self.commit_timeout, stored).await {
+                Ok(Ok(())) => {
+                    self.recordings.remove(&id);
+                }
+                Ok(Err(e)) => {
+                    self.failed(&e.to_string());
+                    return;
+                }
+                Err(_) => {
+                    self.failed("the store did not answer in time");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The store stayed unreachable through the shutdown deadline: say exactly what is lost.
+    fn abandon(self) -> usize {
+        let queued: usize = self
+            .inner
+            .queue
+            .lock()
+            .expect("queue lock")
+            .jobs
+            .iter()
+            .map(|job| match job {
+                Job::Events { events, .. } | Job::End { events, .. } => events.len(),
+            })
+            .sum();
+        let lost = self.backlog.len() + queued;
+        let sessions: std::collections::HashSet<Uuid> =
+            self.backlog.iter().map(|e| e.session_id).collect();
+        error!(
+            events = lost,
+            sessions = sessions.len(),
+            "shutting down with recording events the store did not take"
+        );
+        lost
+    }
+}
+
+#[cfg(test)]
+mod tests;
