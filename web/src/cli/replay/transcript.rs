@@ -42,6 +42,8 @@ pub struct Transcript<W: Write> {
     last_describe: Option<String>,
     portals: HashMap<String, Vec<Param>>,
     described: HashMap<String, Vec<Column>>,
+    /// Events shown (or named as unreadable) so far.
+    events: u64,
 }
 
 impl<W: Write> Transcript<W> {
@@ -59,6 +61,7 @@ impl<W: Write> Transcript<W> {
             last_describe: None,
             portals: HashMap::new(),
             described: HashMap::new(),
+            events: 0,
         }
     }
 
@@ -72,16 +75,20 @@ impl<W: Write> Transcript<W> {
     pub fn stored(&mut self, stored: &StoredEvent) -> io::Result<()> {
         match serde_json::from_str::<Event>(&stored.body) {
             Ok(event) => self.event(&event),
-            Err(e) => writeln!(
-                self.out,
-                "-- event seq {} ({}) cannot be shown: {e}",
-                stored.seq,
-                terminal_cell(&stored.kind)
-            ),
+            Err(e) => {
+                self.events += 1;
+                writeln!(
+                    self.out,
+                    "-- event seq {} ({}) cannot be shown: {e}",
+                    stored.seq,
+                    terminal_cell(&stored.kind)
+                )
+            }
         }
     }
 
     pub fn event(&mut self, event: &Event) -> io::Result<()> {
+        self.events += 1;
         let at = event.at;
         match &event.kind {
             EventKind::SessionStart {
@@ -258,7 +265,16 @@ impl<W: Write> Transcript<W> {
     }
 
     /// Flushes and returns the writer.
+    /// Says so when there was nothing to show, then flushes and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
+        if self.events == 0 {
+            writeln!(
+                self.out,
+                "\n-- no events recorded: the target's recording policy is off, the session \
+                 ended before reaching the target, or its recording was deleted \
+                 (`pgbastion verify` tells)"
+            )?;
+        }
         self.out.flush()?;
         Ok(self.out)
     }

@@ -130,6 +130,17 @@ fn header_names_who_where_and_when() {
 }
 
 #[test]
+fn a_recording_without_events_says_so() {
+    assert!(render(Vec::new()).ends_with(
+        "-- ended       2026-05-01 12:05:00.000000Z, client_quit\n\n\
+                                       -- no events recorded: the target's recording policy is \
+                                       off, the session ended before reaching the target, or its \
+                                       recording was deleted (`pgbastion verify` tells)\n"
+    ));
+    assert!(!render(vec![query("SELECT 1")]).contains("no events recorded"));
+}
+
+#[test]
 fn simple_query_shows_prompt_table_count_and_time() {
     let out = render(vec![
         query("SELECT id, name FROM items;"),
