@@ -81,6 +81,7 @@ pub enum Command {
     #[command(subcommand)]
     Token(token::TokenCommand),
     /// Check that recordings are complete and unaltered (hash chain and seal).
+    #[command(long_about = verify::LONG_ABOUT)]
     Verify(verify::VerifyArgs),
     /// List sessions: who used which target, when, and what their recording holds.
     #[command(long_about = sessions::LONG_ABOUT)]

@@ -18,20 +18,23 @@ use super::Ctx;
 /// Events read from the store per query: bounded memory for any length of recording.
 const PAGE: i64 = 1000;
 
+/// The full `--help` text (on the subcommand too: its doc comment would replace it).
+pub const LONG_ABOUT: &str = "Check that recordings are complete and unaltered: recompute each session's \
+                                hash chain from its first event, check the signed seal, and name the first \
+                                event that does not match (edited, deleted, out of order, or cut off the end). \
+                                Exits 1 when a recording fails.\n\n\
+                                From the store, the data directory's recording key is used (add older public \
+                                keys with --public-key after a key rotation). An exported file needs only the \
+                                public key.\n\n\
+                                Examples:\n  \
+                                pgbastion verify 0b6f0c1e-8a52-4a4e-9d0e-1f1f7d1c2a3b\n  \
+                                pgbastion verify --all\n  \
+                                pgbastion verify --show-public-key > recording.pub\n  \
+                                pgbastion verify --file session.jsonl --public-key recording.pub";
+
 #[derive(Debug, Args)]
 #[command(
-    long_about = "Check that recordings are complete and unaltered: recompute each session's \
-                  hash chain from its first event, check the signed seal, and name the first \
-                  event that does not match (edited, deleted, out of order, or cut off the end). \
-                  Exits 1 when a recording fails.\n\n\
-                  From the store, the data directory's recording key is used (add older public \
-                  keys with --public-key after a key rotation). An exported file needs only the \
-                  public key.\n\n\
-                  Examples:\n  \
-                  pgbastion verify 0b6f0c1e-8a52-4a4e-9d0e-1f1f7d1c2a3b\n  \
-                  pgbastion verify --all\n  \
-                  pgbastion verify --show-public-key > recording.pub\n  \
-                  pgbastion verify --file session.jsonl --public-key recording.pub",
+    long_about = LONG_ABOUT,
     group(ArgGroup::new("what").required(true).args(["session", "all", "file", "show_public_key"]))
 )]
 pub struct VerifyArgs {
