@@ -99,6 +99,10 @@ pub struct RecordingConfig {
     pub commit_timeout_millis: u64,
     /// At shutdown, how long to keep trying to store what is left.
     pub shutdown_flush_secs: u64,
+    /// Journal every recorded event to `<data_dir>/journal` before forwarding it: events
+    /// survive a killed gateway, and strict sessions need not wait for each store commit.
+    /// Without it, strict sessions wait for the store on every statement.
+    pub journal: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -174,6 +178,7 @@ impl Default for RecordingConfig {
             flush_interval_millis: 10,
             commit_timeout_millis: 5_000,
             shutdown_flush_secs: 30,
+            journal: true,
         }
     }
 }

@@ -169,6 +169,20 @@ impl Chain {
 
     /// Links `event`, which must carry [`Chain::next_seq`], and returns it as stored.
     pub fn append(&mut self, event: &Event) -> Result<StoredEvent, ChainError> {
+        let body = serde_json::to_string(event).map_err(|source| ChainError::Encode {
+            seq: event.seq,
+            source,
+        })?;
+        self.append_with_body(event, body)
+    }
+
+    /// Like [`Chain::append`] with the event's canonical JSON already made (by the tap, which
+    /// journals it before the chunk is forwarded).
+    pub fn append_with_body(
+        &mut self,
+        event: &Event,
+        body: String,
+    ) -> Result<StoredEvent, ChainError> {
         if event.seq != self.next_seq {
             return Err(ChainError::OutOfSequence {
                 session_id: self.session_id,
@@ -176,10 +190,6 @@ impl Chain {
                 got: event.seq,
             });
         }
-        let body = serde_json::to_string(event).map_err(|source| ChainError::Encode {
-            seq: event.seq,
-            source,
-        })?;
         let hash = link(&self.prev, &body);
         let stored = StoredEvent {
             session_id: self.session_id,

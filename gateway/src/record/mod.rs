@@ -16,7 +16,9 @@ pub mod chain;
 pub mod classify;
 pub mod event;
 pub mod export;
+pub mod journal;
 pub mod recorder;
+pub mod recover;
 mod tap;
 pub mod writer;
 

@@ -1,5 +1,6 @@
 //! [`StoreRecorder`]: the recorder the gateway runs, writing every session to the store.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::capture::{Capture, CaptureLimits};
 use super::chain::RecordingKey;
 use super::event::{Event, EventKind, FORMAT_VERSION};
+use super::journal::{JOURNAL_DIR, Journal};
 use super::tap::StoreTap;
 use super::writer::{self, WriterHandle};
 use super::{Recorder, RecordingFailed, SessionInfo, SessionTap};
@@ -24,10 +26,12 @@ pub struct RecorderSettings {
     pub flush_interval: Duration,
     pub commit_timeout: Duration,
     pub shutdown_flush: Duration,
+    /// Where the journal lives; `None` without one (strict sessions then wait for each commit).
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl RecorderSettings {
-    pub fn from_config(c: &RecordingConfig) -> Self {
+    pub fn from_config(c: &RecordingConfig, data_dir: &Path) -> Self {
         RecorderSettings {
             limits: CaptureLimits {
                 max_sql_bytes: c.max_sql_bytes,
@@ -41,6 +45,7 @@ impl RecorderSettings {
             flush_interval: Duration::from_millis(c.flush_interval_millis),
             commit_timeout: Duration::from_millis(c.commit_timeout_millis),
             shutdown_flush: Duration::from_secs(c.shutdown_flush_secs),
+            journal_dir: c.journal.then(|| data_dir.join(JOURNAL_DIR)),
         }
     }
 
@@ -66,21 +71,26 @@ pub struct StoreRecorder {
 }
 
 impl StoreRecorder {
-    /// Starts the writer task on the current runtime.
+    /// Opens the journal (recover what a previous run left there first: [`super::recover`])
+    /// and starts the writer task on the current runtime.
     pub fn start(
         store: Arc<dyn Store>,
         key: Arc<RecordingKey>,
         settings: &RecorderSettings,
-    ) -> StoreRecorder {
-        let (writer, handle) = writer::writer(store, key, settings);
+    ) -> std::io::Result<StoreRecorder> {
+        let journal = match &settings.journal_dir {
+            Some(dir) => Some(Journal::open(dir)?),
+            None => None,
+        };
+        let (writer, handle) = writer::writer(store, key, settings, journal);
         let give_up = CancellationToken::new();
         let task = tokio::spawn(writer.run(give_up.clone().cancelled_owned()));
-        StoreRecorder {
+        Ok(StoreRecorder {
             writer: handle,
             task: Mutex::new(Some(task)),
             give_up,
             settings: settings.clone(),
-        }
+        })
     }
 
     /// Events handed over and not yet stored.
@@ -132,11 +142,12 @@ impl Recorder for StoreRecorder {
                 format_version: FORMAT_VERSION,
             },
         };
-        let progress = self.writer.start(s.session_id, policy, first)?;
+        let (progress, handover) = self.writer.start(s.session_id, policy, first)?;
         Ok(Some(Box::new(StoreTap::new(
             policy,
             Capture::new(self.settings.limits_for(&s.target)),
             progress,
+            handover,
             self.writer.clone(),
         ))))
     }

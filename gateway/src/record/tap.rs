@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::capture::Capture;
 use super::event::{Event, EventKind};
-use super::writer::{Progress, WriterHandle};
+use super::writer::{Handover, Progress, UNHEALTHY, WriterHandle};
 use super::{Direction, RecordingFailed, Release, SessionTap};
 use crate::protocol::frame::Frame;
 use crate::store::{RecordingPolicy, SessionEnd};
@@ -29,6 +29,8 @@ pub(super) struct StoreTap {
     now: Option<DateTime<Utc>>,
     /// Under `strict`: the number of events that must be committed before the held chunk goes.
     wait_for: u64,
+    /// Whether hand-overs are journaled (durable at once) or wait for the store under strict.
+    journaled: bool,
     progress: Arc<Progress>,
     writer: WriterHandle,
 }
@@ -39,6 +41,7 @@ impl StoreTap {
         policy: RecordingPolicy,
         capture: Capture,
         progress: Arc<Progress>,
+        first: Handover,
         writer: WriterHandle,
     ) -> Self {
         StoreTap {
@@ -49,6 +52,7 @@ impl StoreTap {
             scratch: Vec::new(),
             now: None,
             wait_for: 0,
+            journaled: first == Handover::Journaled,
             progress,
             writer,
         }
@@ -91,8 +95,14 @@ impl SessionTap for StoreTap {
         }
         let urgent =
             self.policy == RecordingPolicy::Strict && direction == Direction::ClientToServer;
-        self.writer.submit(&self.progress, events, urgent)?;
-        if urgent {
+        if urgent && !self.writer.store_healthy() {
+            // The statement is not forwarded; its events are kept to show what was refused.
+            let _ = self.writer.submit(&self.progress, events, false);
+            return Err(RecordingFailed(UNHEALTHY.into()));
+        }
+        let handover = self.writer.submit(&self.progress, events, urgent)?;
+        self.journaled = handover == Handover::Journaled;
+        if urgent && !self.journaled {
             self.wait_for = self.next_seq;
             Ok(Release::AfterCommit)
         } else {

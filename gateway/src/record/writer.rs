@@ -12,7 +12,7 @@
 //! a commit they wait for fails.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::RecordingFailed;
 use super::chain::{Chain, RecordingKey};
 use super::event::Event;
+use super::journal::Journal;
 use super::recorder::RecorderSettings;
 use crate::store::{RecordingPolicy, SessionEnd, Store, StoreError, StoredEvent};
 
@@ -109,24 +110,26 @@ impl Progress {
     }
 }
 
-enum Job {
-    Events {
-        progress: Arc<Progress>,
-        events: Vec<Event>,
-    },
-    /// The session's last events; once they are committed the session's end is stored and
-    /// the recording sealed.
-    End {
-        progress: Arc<Progress>,
-        events: Vec<Event>,
-        end: SessionEnd,
-    },
+/// One hand-over from a tap: a chunk's events with their canonical JSON (made on the tap's
+/// side, since the journal needs it before the chunk is forwarded).
+struct Job {
+    progress: Arc<Progress>,
+    events: Vec<Event>,
+    bodies: Vec<String>,
+    /// The journal position before these events.
+    first_position: u64,
+    /// Set on the session's last hand-over: once stored, the session's end is written and the
+    /// recording sealed.
+    end: Option<SessionEnd>,
 }
 
 #[derive(Default)]
 struct Queue {
     jobs: Vec<Job>,
     closed: bool,
+    journal: Option<Journal>,
+    /// Events journaled (or, without a journal, handed over) so far.
+    position: u64,
 }
 
 struct Inner {
@@ -136,6 +139,20 @@ struct Inner {
     /// Events handed over and not yet committed.
     buffered: AtomicUsize,
     max_buffered: usize,
+    /// False from a failed commit until the next one succeeds: strict sessions refuse new
+    /// statements meanwhile.
+    store_healthy: AtomicBool,
+}
+
+/// What strict sessions are told while the store fails.
+pub(super) const UNHEALTHY: &str = "the recording store is not taking events; strict recording refuses \
+                         statements until it is back";
+
+/// Whether handed-over events are already durable (journaled) or only in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handover {
+    Journaled,
+    InMemory,
 }
 
 /// The taps' side of the writer.
@@ -151,67 +168,118 @@ impl WriterHandle {
         session_id: Uuid,
         policy: RecordingPolicy,
         first: Event,
-    ) -> Result<Arc<Progress>, RecordingFailed> {
+    ) -> Result<(Arc<Progress>, Handover), RecordingFailed> {
         let progress = Arc::new(Progress::new(session_id, policy));
-        self.submit(&progress, vec![first], policy == RecordingPolicy::Strict)?;
-        Ok(progress)
+        if policy == RecordingPolicy::Strict && !self.store_healthy() {
+            return Err(RecordingFailed(UNHEALTHY.into()));
+        }
+        let strict = policy == RecordingPolicy::Strict;
+        let handover = self.submit(&progress, vec![first], strict)?;
+        Ok((progress, handover))
     }
 
-    /// Queues events; refused (and the session's recording failed) when the buffer is full.
+    /// Whether the last commit succeeded.
+    pub(super) fn store_healthy(&self) -> bool {
+        self.inner.store_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Queues (and journals) events; refused, and the session's recording failed, when the
+    /// buffer is full or the journal cannot be written. `urgent` wakes the writer at once when
+    /// the events are not journaled (a strict session then waits for the commit).
     pub(super) fn submit(
         &self,
         progress: &Arc<Progress>,
         events: Vec<Event>,
         urgent: bool,
-    ) -> Result<(), RecordingFailed> {
+    ) -> Result<Handover, RecordingFailed> {
+        self.hand_over(progress, events, None, urgent)
+    }
+
+    /// Queues the session's last events (whatever the bound: a recording must say how it ended).
+    pub(super) fn finish(&self, progress: &Arc<Progress>, events: Vec<Event>, end: SessionEnd) {
+        if let Err(e) = self.hand_over(progress, events, Some(end), false) {
+            // Only the journal can refuse here; the events are queued regardless.
+            warn!(session = %progress.session_id, error = %e, "the end of a session is not journaled");
+        }
+    }
+
+    fn hand_over(
+        &self,
+        progress: &Arc<Progress>,
+        events: Vec<Event>,
+        end: Option<SessionEnd>,
+        urgent: bool,
+    ) -> Result<Handover, RecordingFailed> {
+        let mut bodies = Vec::with_capacity(events.len());
+        for event in &events {
+            match serde_json::to_string(event) {
+                Ok(body) => bodies.push(body),
+                Err(e) => {
+                    let why = format!("cannot encode event seq {}: {e}", event.seq);
+                    progress.fail(why.clone());
+                    return Err(RecordingFailed(why));
+                }
+            }
+        }
         let n = events.len();
+        let ending = end.is_some();
         let mut queue = self.inner.queue.lock().expect("queue lock");
-        if queue.closed {
+        if queue.closed && !ending {
             drop(queue);
             let why = "the recorder has stopped (gateway shutting down)".to_string();
             progress.fail(why.clone());
             return Err(RecordingFailed(why));
         }
-        let buffered = self.inner.buffered.load(Ordering::Relaxed);
-        if buffered + n > self.inner.max_buffered {
-            // Still queued: these events describe frames already seen, and a recording with
-            // a gap would be worse than a short overshoot of the bound.
-            self.inner.buffered.fetch_add(n, Ordering::Relaxed);
-            queue.jobs.push(Job::Events {
-                progress: progress.clone(),
-                events,
-            });
-            drop(queue);
-            let why = format!(
+        let first_position = queue.position;
+        let mut refusal = None;
+        let journaled = match queue.journal.as_mut() {
+            Some(journal) => {
+                let lines = events
+                    .iter()
+                    .map(|e| e.seq)
+                    .zip(bodies.iter().map(String::as_str));
+                match journal.append(progress.session_id, lines) {
+                    Ok(position) => Some(position),
+                    Err(e) => {
+                        refusal = Some(format!("cannot write the recording journal: {e}"));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        queue.position = journaled.unwrap_or(first_position + n as u64);
+        let handover = match journaled {
+            Some(_) => Handover::Journaled,
+            None => Handover::InMemory,
+        };
+        let buffered = self.inner.buffered.fetch_add(n, Ordering::Relaxed);
+        if refusal.is_none() && !ending && buffered + n > self.inner.max_buffered {
+            refusal = Some(format!(
                 "the recording buffer is full ({buffered} events wait for the store): the \
                  session is ended rather than recorded incompletely"
-            );
-            progress.fail(why.clone());
-            return Err(RecordingFailed(why));
+            ));
         }
-        self.inner.buffered.fetch_add(n, Ordering::Relaxed);
-        queue.jobs.push(Job::Events {
+        // Queued even when refused: these events describe frames already seen, and a
+        // recording with a gap would be worse than a short overshoot of the bound.
+        queue.jobs.push(Job {
             progress: progress.clone(),
             events,
-        });
-        drop(queue);
-        if urgent {
-            self.inner.wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// Queues the session's last events (whatever the bound: a recording must say how it ended).
-    pub(super) fn finish(&self, progress: &Arc<Progress>, events: Vec<Event>, end: SessionEnd) {
-        self.inner
-            .buffered
-            .fetch_add(events.len(), Ordering::Relaxed);
-        let mut queue = self.inner.queue.lock().expect("queue lock");
-        queue.jobs.push(Job::End {
-            progress: progress.clone(),
-            events,
+            bodies,
+            first_position,
             end,
         });
+        drop(queue);
+        if ending || (urgent && handover == Handover::InMemory) {
+            self.inner.wake.notify_one();
+        }
+        match refusal {
+            Some(why) => {
+                progress.fail(why.clone());
+                Err(RecordingFailed(why))
+            }
+            None => Ok(handover),
+        }
     }
 
     /// Events handed over and not yet stored (for metrics and tests).
@@ -248,17 +316,23 @@ pub struct Writer {
     retry: Option<Duration>,
 }
 
-/// Builds the writer and the handle taps use.
+/// Builds the writer and the handle taps use; with a `journal`, every event is journaled when
+/// it is handed over.
 pub fn writer(
     store: Arc<dyn Store>,
     key: Arc<RecordingKey>,
     settings: &RecorderSettings,
+    journal: Option<Journal>,
 ) -> (Writer, WriterHandle) {
     let inner = Arc::new(Inner {
-        queue: Mutex::new(Queue::default()),
+        queue: Mutex::new(Queue {
+            journal,
+            ..Queue::default()
+        }),
         wake: Notify::new(),
         buffered: AtomicUsize::new(0),
         max_buffered: settings.max_buffered_events,
+        store_healthy: AtomicBool::new(true),
     });
     let writer = Writer {
         inner: inner.clone(),
@@ -297,6 +371,7 @@ impl Writer {
             closing = closed;
             self.chain(jobs);
             if self.write_backlog().await {
+                self.release_journal();
                 self.seal_ended().await;
             }
             if closing
@@ -304,6 +379,11 @@ impl Writer {
                 && !self.has_unsealed_ends()
                 && self.inner.queue.lock().expect("queue lock").jobs.is_empty()
             {
+                let mut queue = self.inner.queue.lock().expect("queue lock");
+                let stored = queue.position;
+                if let Some(journal) = queue.journal.take() {
+                    journal.close(stored);
+                }
                 return 0;
             }
         }
@@ -316,22 +396,21 @@ impl Writer {
     /// Links queued events into their sessions' chains and appends them to the backlog.
     fn chain(&mut self, jobs: Vec<Job>) {
         for job in jobs {
-            let (progress, events, end) = match job {
-                Job::Events { progress, events } => (progress, events, None),
-                Job::End {
-                    progress,
-                    events,
-                    end,
-                } => (progress, events, Some(end)),
-            };
+            let Job {
+                progress,
+                events,
+                bodies,
+                end,
+                ..
+            } = job;
             let id = progress.session_id;
             let recording = self.recordings.entry(id).or_insert_with(|| Recording {
                 chain: Chain::new(id),
                 progress: progress.clone(),
                 end: None,
             });
-            for event in &events {
-                match recording.chain.append(event) {
+            for (event, body) in events.iter().zip(bodies) {
+                match recording.chain.append_with_body(event, body) {
                     Ok(stored) => self.backlog.push_back(stored),
                     Err(e) => {
                         // A recorder bug, not an outage: say so loudly and stop this session.
@@ -343,6 +422,19 @@ impl Writer {
             if end.is_some() {
                 recording.end = end;
             }
+        }
+    }
+
+    /// Everything taken from the queue is stored: journal segments holding only stored events
+    /// can go.
+    fn release_journal(&self) {
+        let mut queue = self.inner.queue.lock().expect("queue lock");
+        let stored = queue
+            .jobs
+            .first()
+            .map_or(queue.position, |job| job.first_position);
+        if let Some(journal) = queue.journal.as_mut() {
+            journal.release(stored);
         }
     }
 
@@ -367,6 +459,7 @@ impl Writer {
             if self.retry.take().is_some() {
                 info!("the store takes recordings again");
             }
+            self.inner.store_healthy.store(true, Ordering::Relaxed);
             let mut done: HashMap<Uuid, u64> = HashMap::new();
             for event in self.backlog.drain(..n) {
                 done.insert(event.session_id, event.seq as u64 + 1);
@@ -473,6 +566,7 @@ impl Writer {
             Some(delay) => (delay * 2).min(RETRY_MAX),
         };
         self.retry = Some(next);
+        self.inner.store_healthy.store(false, Ordering::Relaxed);
         let waiting: std::collections::HashSet<Uuid> =
             self.backlog.iter().map(|e| e.session_id).collect();
         self.fail_strict(waiting, why);
@@ -536,9 +630,7 @@ impl Writer {
             .expect("queue lock")
             .jobs
             .iter()
-            .map(|job| match job {
-                Job::Events { events, .. } | Job::End { events, .. } => events.len(),
-            })
+            .map(|job| job.events.len())
             .sum();
         let lost = self.backlog.len() + queued;
         let sessions: std::collections::HashSet<Uuid> =

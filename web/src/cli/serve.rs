@@ -8,6 +8,7 @@ use gateway::credential::CredentialSigner;
 use gateway::keys::{self, SecretBox};
 use gateway::proxy::{self, Services};
 use gateway::record::chain::{RECORDING_KEY_FILE, RecordingKey};
+use gateway::record::recover::recover;
 use gateway::record::{RecorderSettings, StoreRecorder};
 use tokio::net::TcpListener;
 
@@ -26,11 +27,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     let secrets = SecretBox::load_or_create(&config.secret_key_path())?;
     let recording_key = RecordingKey::load_or_create(&config.data_dir.join(RECORDING_KEY_FILE))?;
-    let recorder = Arc::new(StoreRecorder::start(
-        ctx.store.clone(),
-        Arc::new(recording_key),
-        &RecorderSettings::from_config(&config.recording),
-    ));
+    let settings = RecorderSettings::from_config(&config.recording, &config.data_dir);
+    if let Some(dir) = &settings.journal_dir {
+        // What a killed predecessor left unstored goes to the store before anything new.
+        match recover(dir, ctx.store.as_ref(), &recording_key).await {
+            Ok(r) if r.segments > 0 => tracing::warn!(
+                sessions = r.sessions,
+                events = r.events,
+                unreadable_lines = r.unreadable_lines,
+                "recovered recordings from the journal of a gateway that did not stop cleanly"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "journal recovery failed"),
+        }
+    }
+    let recorder = Arc::new(
+        StoreRecorder::start(ctx.store.clone(), Arc::new(recording_key), &settings)
+            .context("cannot open the recording journal")?,
+    );
 
     let addr = config.gateway.listen;
     let listener = TcpListener::bind(addr).await.map_err(|e| {

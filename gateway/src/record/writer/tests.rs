@@ -92,7 +92,12 @@ async fn session(store: &Arc<dyn Store>, target: &Arc<Target>) -> SessionInfo {
 }
 
 fn settings() -> RecorderSettings {
-    RecorderSettings::from_config(&crate::config::RecordingConfig::default())
+    // No journal: strict sessions wait for each commit (the journal has its own tests below).
+    let config = crate::config::RecordingConfig {
+        journal: false,
+        ..Default::default()
+    };
+    RecorderSettings::from_config(&config, std::path::Path::new("/nonexistent"))
 }
 
 fn session_end() -> SessionEnd {
@@ -108,7 +113,7 @@ fn session_end() -> SessionEnd {
 #[tokio::test]
 async fn strict_holds_client_chunks_until_committed_and_seals_at_the_end() {
     let f = fixture().await;
-    let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings());
+    let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings()).unwrap();
     let target = target(RecordingPolicy::Strict);
     let info = session(&f.store, &target).await;
     let mut tap = recorder.start(&info).unwrap().expect("recorded");
@@ -189,7 +194,7 @@ async fn strict_holds_client_chunks_until_committed_and_seals_at_the_end() {
 #[tokio::test]
 async fn buffered_chunks_go_at_once_and_off_records_nothing() {
     let f = fixture().await;
-    let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings());
+    let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings()).unwrap();
     let info = session(&f.store, &target(RecordingPolicy::Buffered)).await;
     let mut tap = recorder.start(&info).unwrap().expect("recorded");
     tap.frame(Direction::ClientToServer, frame(b'Q', b"select 1\0"));
@@ -229,7 +234,7 @@ async fn a_full_buffer_fails_the_session_instead_of_dropping_events() {
         ..settings()
     };
     // No writer task runs: nothing drains the buffer.
-    let (_writer, handle) = writer(f.store.clone(), f.key.clone(), &settings);
+    let (_writer, handle) = writer(f.store.clone(), f.key.clone(), &settings, None);
     let target = target(RecordingPolicy::Buffered);
     let info = session(&f.store, &target).await;
     let event = |seq| Event {
@@ -237,7 +242,7 @@ async fn a_full_buffer_fails_the_session_instead_of_dropping_events() {
         at: Utc::now(),
         kind: crate::record::event::EventKind::Sync,
     };
-    let progress = handle
+    let (progress, _) = handle
         .start(info.session_id, RecordingPolicy::Buffered, event(0))
         .unwrap();
     handle
@@ -256,7 +261,7 @@ async fn a_full_buffer_fails_the_session_instead_of_dropping_events() {
 #[tokio::test]
 async fn the_writer_drains_everything_it_was_given_before_shutdown_returns() {
     let f = fixture().await;
-    let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings());
+    let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings()).unwrap();
     let target = target(RecordingPolicy::Buffered);
     let mut ids = Vec::new();
     for _ in 0..20 {
@@ -280,4 +285,123 @@ async fn the_writer_drains_everything_it_was_given_before_shutdown_returns() {
         let seal = f.store.recording_seal(id).await.unwrap().unwrap();
         chain::verify(id, &stored, Some(&seal), &f.key.verifier()).unwrap();
     }
+}
+
+#[tokio::test]
+async fn with_a_journal_strict_chunks_go_at_once_and_a_clean_stop_leaves_no_segment() {
+    let f = fixture().await;
+    let journal_dir = f._dir.path().join("journal");
+    let settings = RecorderSettings {
+        journal_dir: Some(journal_dir.clone()),
+        ..settings()
+    };
+    let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings).unwrap();
+    let info = session(&f.store, &target(RecordingPolicy::Strict)).await;
+    let mut tap = recorder.start(&info).unwrap().unwrap();
+    tap.frame(Direction::ClientToServer, frame(b'Q', b"select 1\0"));
+    assert_eq!(tap.chunk_done(Direction::ClientToServer), Ok(Release::Now));
+    let segments = crate::record::journal::segments(&journal_dir).unwrap();
+    assert_eq!(segments.len(), 1);
+    let (lines, _) = crate::record::journal::read_segment(&segments[0]).unwrap();
+    assert_eq!(
+        lines.len(),
+        2,
+        "start and query journaled before the chunk goes"
+    );
+    tap.end(&session_end());
+    assert_eq!(recorder.shutdown().await, 0);
+    assert!(
+        crate::record::journal::segments(&journal_dir)
+            .unwrap()
+            .is_empty()
+    );
+    let stored = f
+        .store
+        .session_events(info.session_id, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 3);
+}
+
+#[tokio::test]
+async fn what_a_killed_gateway_journaled_is_stored_ended_and_sealed_at_the_next_start() {
+    let f = fixture().await;
+    let journal_dir = f._dir.path().join("journal");
+    let settings = RecorderSettings {
+        journal_dir: Some(journal_dir.clone()),
+        ..settings()
+    };
+    let info = session(&f.store, &target(RecordingPolicy::Strict)).await;
+    {
+        // The writer never runs: as if the process died right after the hand-over.
+        let journal = crate::record::journal::Journal::open(&journal_dir).unwrap();
+        let (_writer, handle) = writer(f.store.clone(), f.key.clone(), &settings, Some(journal));
+        let event = |seq, sql: &str| Event {
+            seq,
+            at: Utc::now(),
+            kind: crate::record::event::EventKind::Query {
+                sql: crate::record::event::Capped {
+                    text: sql.into(),
+                    len: sql.len() as u64,
+                    hex: false,
+                    redacted: false,
+                },
+                class: crate::record::event::StatementClass::Write,
+                risks: vec![],
+            },
+        };
+        let (progress, handover) = handle
+            .start(info.session_id, RecordingPolicy::Strict, event(0, "start"))
+            .unwrap();
+        assert_eq!(handover, Handover::Journaled);
+        handle
+            .submit(
+                &progress,
+                vec![event(1, "delete from t where id = 1")],
+                true,
+            )
+            .unwrap();
+    }
+    assert!(
+        f.store
+            .session_events(info.session_id, 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let report = crate::record::recover::recover(&journal_dir, f.store.as_ref(), &f.key)
+        .await
+        .unwrap();
+    assert_eq!(report.sessions, 1);
+    assert_eq!(
+        report.events, 3,
+        "two journaled events and the end that says what happened"
+    );
+    let stored = f
+        .store
+        .session_events(info.session_id, 0, 10)
+        .await
+        .unwrap();
+    assert!(stored[1].body.contains("delete from t where id = 1"));
+    assert!(stored[2].body.contains("stopped abruptly"));
+    let seal = f
+        .store
+        .recording_seal(info.session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    chain::verify(info.session_id, &stored, Some(&seal), &f.key.verifier()).unwrap();
+    let row = f.store.session(info.session_id).await.unwrap().unwrap();
+    assert_eq!(row.end_reason, Some(EndReason::Error));
+    assert!(
+        crate::record::journal::segments(&journal_dir)
+            .unwrap()
+            .is_empty()
+    );
+    // A second start finds nothing to do.
+    let again = crate::record::recover::recover(&journal_dir, f.store.as_ref(), &f.key)
+        .await
+        .unwrap();
+    assert_eq!(again.segments, 0);
 }
