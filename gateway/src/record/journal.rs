@@ -119,6 +119,15 @@ impl Journal {
         }
     }
 
+    /// Points the open segment at `/dev/full`, whose writes fail with ENOSPC: a full disk.
+    #[cfg(test)]
+    pub(crate) fn simulate_full_disk(&mut self) {
+        self.file = OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+    }
+
     /// Removes the open segment (after a clean shutdown that stored everything).
     pub fn close(self, stored: u64) {
         if stored >= self.position {

@@ -405,3 +405,29 @@ async fn what_a_killed_gateway_journaled_is_stored_ended_and_sealed_at_the_next_
         .unwrap();
     assert_eq!(again.segments, 0);
 }
+
+#[tokio::test]
+async fn a_full_disk_under_the_journal_ends_the_session_instead_of_forwarding() {
+    let f = fixture().await;
+    let journal_dir = f._dir.path().join("journal");
+    let mut journal = crate::record::journal::Journal::open(&journal_dir).unwrap();
+    journal.simulate_full_disk();
+    let settings = RecorderSettings {
+        journal_dir: Some(journal_dir),
+        ..settings()
+    };
+    let (_writer, handle) = writer(f.store.clone(), f.key.clone(), &settings, Some(journal));
+    let info = session(&f.store, &target(RecordingPolicy::Buffered)).await;
+    let event = Event {
+        seq: 0,
+        at: Utc::now(),
+        kind: crate::record::event::EventKind::Sync,
+    };
+    let Err(failed) = handle.start(info.session_id, RecordingPolicy::Buffered, event) else {
+        panic!("a session whose events cannot be journaled must not start");
+    };
+    assert!(
+        failed.0.contains("cannot write the recording journal") && failed.0.contains("space"),
+        "{failed}"
+    );
+}
