@@ -3,7 +3,8 @@
 //! honoured, so a `;` or a keyword inside a literal is never mistaken for syntax).
 //!
 //! Used where the real parser is not wanted: redacting passwords (every CREATE/ALTER ROLE, even
-//! one the parser rejects) and classifying SQL the parser cannot read.
+//! one the parser rejects), finding the values of secret columns (`redact`) and classifying SQL
+//! the parser cannot read.
 
 use std::ops::Range;
 
@@ -16,7 +17,13 @@ pub(crate) enum TokenKind {
     Semicolon,
     OpenParen,
     CloseParen,
-    /// Anything else: operators, numbers, quoted identifiers, parameters.
+    /// A quoted identifier, quotes included (`"Password"`).
+    QuotedIdent,
+    /// A numeric constant (`42`, `1.5e-3`, `.5`, `0x1F`, `1_000`).
+    Number,
+    /// A positional parameter (`$1`, `$10`).
+    Param,
+    /// Anything else: one operator or punctuation character at a time.
     Other,
 }
 
@@ -104,6 +111,23 @@ impl Tokens<'_> {
         self.at = self.at.min(self.sql.len());
     }
 
+    /// A numeric constant from `self.at`: digits, `_` separators, a fraction, an exponent with its
+    /// sign, and the letters of `0x`/`0o`/`0b` forms (the exact grammar does not matter here: a
+    /// number runs until something that cannot continue one).
+    fn skip_number(&mut self) {
+        while let Some(b) = self.peek(0) {
+            let exponent_sign = (b == b'+' || b == b'-')
+                && self.at > 0
+                && matches!(self.sql[self.at - 1], b'e' | b'E')
+                && self.peek(1).is_some_and(|b| b.is_ascii_digit());
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || exponent_sign {
+                self.at += 1;
+            } else {
+                return;
+            }
+        }
+    }
+
     /// `$tag$ ... $tag$` starting at `self.at`, if it is one (not a `$1` parameter).
     fn try_dollar_quote(&mut self) -> bool {
         let rest = &self.sql[self.at + 1..];
@@ -150,7 +174,14 @@ impl Iterator for Tokens<'_> {
             }
             b'"' => {
                 self.skip_quoted(b'"', false);
-                TokenKind::Other
+                TokenKind::QuotedIdent
+            }
+            b'$' if self.peek(1).is_some_and(|b| b.is_ascii_digit()) => {
+                self.at += 1;
+                while self.peek(0).is_some_and(|b| b.is_ascii_digit()) {
+                    self.at += 1;
+                }
+                TokenKind::Param
             }
             b'$' if self.try_dollar_quote() => TokenKind::Literal,
             // E'..', B'..', X'..', N'..' and U&'..' are literals with a prefix.
@@ -174,6 +205,12 @@ impl Iterator for Tokens<'_> {
                     self.at += 1;
                 }
                 TokenKind::Word
+            }
+            b if b.is_ascii_digit()
+                || (b == b'.' && self.peek(1).is_some_and(|b| b.is_ascii_digit())) =>
+            {
+                self.skip_number();
+                TokenKind::Number
             }
             _ => {
                 self.at += 1;
@@ -222,15 +259,23 @@ pub(crate) fn top_level_words<'a>(sql: &'a str, statement: &[Token]) -> Vec<&'a 
     words
 }
 
-const REDACTED_LITERAL: &str = "'***'";
+/// What a redacted literal (or number) is replaced with in recorded SQL.
+pub(crate) const REDACTED_LITERAL: &str = "'***'";
 
 /// Replaces the password literal of `CREATE|ALTER ROLE|USER|GROUP ... PASSWORD '...'` (and of
 /// `CREATE|ALTER USER MAPPING ... OPTIONS (password '...')`) with `'***'`. `None` when there was
 /// nothing to redact, so the common case allocates nothing.
 pub(crate) fn redact_passwords(sql: &str) -> Option<String> {
+    let spans = password_literals(sql);
+    (!spans.is_empty()).then(|| replace_spans(sql, &spans))
+}
+
+/// The byte ranges of the password literals of role statements (see [`redact_passwords`]), in
+/// order; empty (and nothing allocated) for the statements that mention no password.
+pub(crate) fn password_literals(sql: &str) -> Vec<Range<usize>> {
     // Cheap filter first: almost no statement mentions a password.
     if !contains_ignore_ascii_case(sql.as_bytes(), b"password") {
-        return None;
+        return Vec::new();
     }
     let mut redactions: Vec<Range<usize>> = Vec::new();
     for statement in statements(sql) {
@@ -257,21 +302,24 @@ pub(crate) fn redact_passwords(sql: &str) -> Option<String> {
             }
         }
     }
-    if redactions.is_empty() {
-        return None;
-    }
+    redactions
+}
+
+/// `sql` with each of `spans` (sorted, not overlapping, on character boundaries) replaced by
+/// `'***'`.
+pub(crate) fn replace_spans(sql: &str, spans: &[Range<usize>]) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut copied = 0;
-    for span in redactions {
+    for span in spans {
         out.push_str(&sql[copied..span.start]);
         out.push_str(REDACTED_LITERAL);
         copied = span.end;
     }
     out.push_str(&sql[copied..]);
-    Some(out)
+    out
 }
 
-fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
@@ -298,14 +346,41 @@ mod tests {
             vec![
                 (TokenKind::Word, "x"),
                 (TokenKind::Other, "="),
-                (TokenKind::Other, "$"),
-                (TokenKind::Other, "1"),
+                (TokenKind::Param, "$1"),
                 (TokenKind::Word, "and"),
                 (TokenKind::Word, "y"),
                 (TokenKind::Other, "="),
                 (TokenKind::Literal, "$$a$$"),
             ]
         );
+    }
+
+    #[test]
+    fn numbers_parameters_and_quoted_identifiers_are_single_tokens() {
+        assert_eq!(
+            kinds("\"Pass\"\"word\" = $10 + 1.5e-3 - .5 * 0x1F, t.c1 = 1_000"),
+            vec![
+                (TokenKind::QuotedIdent, "\"Pass\"\"word\""),
+                (TokenKind::Other, "="),
+                (TokenKind::Param, "$10"),
+                (TokenKind::Other, "+"),
+                (TokenKind::Number, "1.5e-3"),
+                (TokenKind::Other, "-"),
+                (TokenKind::Number, ".5"),
+                (TokenKind::Other, "*"),
+                (TokenKind::Number, "0x1F"),
+                (TokenKind::Other, ","),
+                (TokenKind::Word, "t"),
+                (TokenKind::Other, "."),
+                (TokenKind::Word, "c1"),
+                (TokenKind::Other, "="),
+                (TokenKind::Number, "1_000"),
+            ]
+        );
+        // An exponent's sign belongs to the number; a minus after a plain number does not.
+        assert_eq!(kinds("2-1").len(), 3);
+        assert_eq!(kinds("$").len(), 1);
+        assert_eq!(kinds("\"open").len(), 1);
     }
 
     #[test]
