@@ -11,9 +11,16 @@
 //! - [`client`]: client messages; [`server`]: server messages; [`copy`]: COPY in progress.
 //! - [`values`]: capping and decoding of values; [`wire`]: a truncation-tolerant body reader.
 //! - [`sql_text`]: lexical scan of SQL (statement split, password redaction).
+//! - [`redact`]: secret patterns over column names, and where their values sit in SQL text.
+//!
+//! Redaction happens here, before anything is stored: role passwords in CREATE/ALTER ROLE always,
+//! and the values of columns and parameters that match the session's [`SecretPatterns`] (result
+//! rows, bound parameters, literals in SQL text, COPY data). A redacted value keeps its length and
+//! says it was redacted.
 
 mod client;
 mod copy;
+mod redact;
 mod server;
 pub(crate) mod sql_text;
 mod values;
@@ -23,12 +30,14 @@ mod wire;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::Direction;
 use super::event::{Capped, EventKind};
 use crate::protocol::frame::Frame;
+pub use redact::{DEFAULT_SECRET_PATTERNS, SecretPatterns};
 
 /// How much of a session's data is kept. A value over its cap is kept up to the cap with its full
 /// length noted.
@@ -66,6 +75,7 @@ impl Default for CaptureLimits {
 #[derive(Debug)]
 pub struct Capture {
     limits: CaptureLimits,
+    secrets: Arc<SecretPatterns>,
     statements: HashMap<String, PreparedStatement>,
     portals: HashMap<String, Portal>,
     /// Requests the server has yet to answer, oldest first.
@@ -82,8 +92,13 @@ struct PreparedStatement {
     sql: Capped,
     /// From Parse, replaced by the server's ParameterDescription when the client asks for it.
     param_types: Vec<u32>,
-    /// From the RowDescription answering a Describe of the statement.
-    column_types: Option<Vec<u32>>,
+    /// From the RowDescription answering a Describe of the statement (formats are the portal's).
+    columns: Option<Vec<ResultColumn>>,
+    /// Parameter numbers (`$n`) bound to secret columns, sorted: every Bind to this statement,
+    /// however much later, has their values redacted.
+    secret_params: Vec<u16>,
+    /// Whether COPY data this statement exchanges is kept out of the recording.
+    copy_redacted: bool,
 }
 
 #[derive(Debug)]
@@ -98,6 +113,8 @@ struct Portal {
 struct ResultColumn {
     type_oid: u32,
     format: i16,
+    /// The column's name matches a secret pattern: its values are redacted.
+    secret: bool,
 }
 
 /// A request waiting for the server's answer.
@@ -108,6 +125,8 @@ enum Pending {
     Simple {
         started: DateTime<Utc>,
         columns: Vec<ResultColumn>,
+        /// Whether the data of a COPY this query starts is kept out of the recording.
+        copy_redacted: bool,
     },
     Describe {
         target: u8,
@@ -121,14 +140,24 @@ enum Pending {
         /// Known at Execute time, or filled in when the answer to a Describe pipelined before
         /// this Execute arrives.
         columns: Option<Vec<ResultColumn>>,
+        /// Whether the data of a COPY this statement starts is kept out of the recording.
+        copy_redacted: bool,
     },
     Sync,
 }
 
 impl Capture {
+    /// A capture redacting [`DEFAULT_SECRET_PATTERNS`].
     pub fn new(limits: CaptureLimits) -> Self {
+        Capture::with_secrets(limits, SecretPatterns::defaults())
+    }
+
+    /// A capture redacting the values of columns and parameters that match `secrets`
+    /// ([`SecretPatterns::none`] redacts only role passwords).
+    pub fn with_secrets(limits: CaptureLimits, secrets: Arc<SecretPatterns>) -> Self {
         Capture {
             limits,
+            secrets,
             statements: HashMap::new(),
             portals: HashMap::new(),
             pending: VecDeque::new(),

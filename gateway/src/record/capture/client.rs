@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::super::classify::classify;
 use super::super::event::{Capped, EventKind, Param, StatementClass};
+use super::redact::redacted;
 use super::values::{capped_text, decode, valid_utf8_prefix};
 use super::wire::Reader;
 use super::{Capture, Pending, Portal, PreparedStatement, ResultColumn};
@@ -25,11 +26,15 @@ const COPY_FAIL: u8 = b'f';
 const TARGET_STATEMENT: u8 = b'S';
 const TARGET_PORTAL: u8 = b'P';
 
-/// SQL text as recorded, with what the classifier made of it.
+/// SQL text as recorded, with what the classifier made of it and what redaction found in it.
 struct CapturedSql {
     sql: Capped,
     class: StatementClass,
     risks: Vec<String>,
+    /// Parameter numbers bound to secret columns, sorted.
+    secret_params: Vec<u16>,
+    /// Whether COPY data the SQL exchanges with the client is kept out of the recording.
+    copy_redacted: bool,
 }
 
 impl Capture {
@@ -89,6 +94,7 @@ impl Capture {
         self.pending.push_back(Pending::Simple {
             started: at,
             columns: Vec::new(),
+            copy_redacted: captured.copy_redacted,
         });
         out.push(EventKind::Query {
             sql: captured.sql,
@@ -128,7 +134,9 @@ impl Capture {
                 PreparedStatement {
                     sql: captured.sql.clone(),
                     param_types: param_types.clone(),
-                    column_types: None,
+                    columns: None,
+                    secret_params: captured.secret_params,
+                    copy_redacted: captured.copy_redacted,
                 },
             );
         }
@@ -152,13 +160,26 @@ impl Capture {
         self.extended_started.get_or_insert(at);
         let portal = String::from_utf8_lossy(r.cstr()?).into_owned();
         let statement = String::from_utf8_lossy(r.cstr()?).into_owned();
-        let param_types = self
-            .statements
-            .get(&statement)
+        let prepared = self.statements.get(&statement);
+        let param_types = prepared
             .map(|s| s.param_types.as_slice())
             .unwrap_or_default();
+        // Parameter i is `$(i+1)`. A statement we do not track (beyond the cap, or never parsed)
+        // could bind anything to a secret column: all its values are redacted.
+        let secret = |i: usize| match prepared {
+            Some(s) => {
+                u16::try_from(i + 1).is_ok_and(|n| s.secret_params.binary_search(&n).is_ok())
+            }
+            None => !self.secrets.is_none(),
+        };
         let complete = r.remaining() + portal.len() + statement.len() + 2 == body_len;
-        let params = read_values(r, param_types, complete, self.limits.max_value_bytes);
+        let params = read_values(
+            r,
+            param_types,
+            complete,
+            self.limits.max_value_bytes,
+            secret,
+        );
         let result_formats = r.format_codes().unwrap_or_default();
         self.portals.insert(
             portal.clone(),
@@ -194,19 +215,21 @@ impl Capture {
             (
                 _,
                 Some(PreparedStatement {
-                    column_types: Some(types),
+                    columns: Some(described),
                     ..
                 }),
-            ) => Some(result_columns(types, &result_formats)),
+            ) => Some(result_columns(described, &result_formats)),
             _ => None,
         };
         let sql = statement.map(|s| s.sql.clone());
+        let copy_redacted = statement.map_or(!self.secrets.is_none(), |s| s.copy_redacted);
         self.pending.push_back(Pending::Execute {
             started: self.extended_started.take().unwrap_or(at),
             portal: portal_name.to_string(),
             statement: statement_name.clone(),
             result_formats,
             columns,
+            copy_redacted,
         });
         out.push(EventKind::Execute {
             portal: portal_name.into_owned(),
@@ -263,16 +286,19 @@ impl Capture {
     ) -> Option<()> {
         let function_oid = r.u32()?;
         let complete = r.remaining() + 4 == body_len;
-        let args = read_values(r, &[], complete, self.limits.max_value_bytes);
+        // Arguments have no names to match: they are kept.
+        let args = read_values(r, &[], complete, self.limits.max_value_bytes, |_| false);
         self.pending.push_back(Pending::Simple {
             started: at,
             columns: Vec::new(),
+            copy_redacted: !self.secrets.is_none(),
         });
         out.push(EventKind::FunctionCall { function_oid, args });
         Some(())
     }
 
-    /// SQL as recorded: passwords redacted, capped, classified (on the full text received).
+    /// SQL as recorded: role passwords and the values of secret columns redacted, capped,
+    /// classified (on the full text received, before redaction).
     fn capture_sql(&self, raw: &[u8], full_len: usize) -> CapturedSql {
         let lossy;
         let text = match valid_utf8_prefix(raw, raw.len() < full_len) {
@@ -283,14 +309,33 @@ impl Capture {
             }
         };
         let (class, risks) = classify(text);
-        let sql = match super::sql_text::redact_passwords(text) {
-            Some(redacted) => Capped {
+        let secrets = self.secrets.scan_sql(text);
+        let mut spans = super::sql_text::password_literals(text);
+        let sql = if spans.is_empty() && secrets.literals.is_empty() {
+            capped_text(text, self.limits.max_sql_bytes, full_len)
+        } else {
+            spans.extend(secrets.literals);
+            spans.sort_unstable_by_key(|s| s.start);
+            // A password literal can also be a secret column's value: replace it once.
+            spans.dedup_by(|later, earlier| later.start < earlier.end);
+            Capped {
                 redacted: true,
-                ..capped_text(&redacted, self.limits.max_sql_bytes, full_len)
-            },
-            None => capped_text(text, self.limits.max_sql_bytes, full_len),
+                ..capped_text(
+                    &super::sql_text::replace_spans(text, &spans),
+                    self.limits.max_sql_bytes,
+                    full_len,
+                )
+            }
         };
-        CapturedSql { sql, class, risks }
+        CapturedSql {
+            sql,
+            class,
+            risks,
+            secret_params: secrets.params,
+            // No COPY with the client found (or none recognised): if one starts anyway, nothing
+            // is known about its columns.
+            copy_redacted: secrets.copy.unwrap_or(!self.secrets.is_none()),
+        }
     }
 }
 
@@ -304,21 +349,28 @@ pub(super) fn format_of(codes: &[i16], i: usize) -> i16 {
     }
 }
 
-/// Result columns from a statement's column types and a portal's result format codes.
-pub(super) fn result_columns(types: &[u32], formats: &[i16]) -> Vec<ResultColumn> {
-    types
+/// Result columns from a statement's described columns and a portal's result format codes.
+pub(super) fn result_columns(described: &[ResultColumn], formats: &[i16]) -> Vec<ResultColumn> {
+    described
         .iter()
         .enumerate()
-        .map(|(i, &type_oid)| ResultColumn {
-            type_oid,
+        .map(|(i, c)| ResultColumn {
             format: format_of(formats, i),
+            ..*c
         })
         .collect()
 }
 
 /// Format codes then values, as Bind and FunctionCall carry them. A value cut off with a streamed
-/// message is kept as the prefix that arrived, with its declared length.
-fn read_values(r: &mut Reader, types: &[u32], complete: bool, max: usize) -> Vec<Param> {
+/// message is kept as the prefix that arrived, with its declared length. Values for which
+/// `secret(i)` holds are redacted, never decoded.
+fn read_values(
+    r: &mut Reader,
+    types: &[u32],
+    complete: bool,
+    max: usize,
+    secret: impl Fn(usize) -> bool,
+) -> Vec<Param> {
     let Some(formats) = r.format_codes() else {
         return Vec::new();
     };
@@ -337,7 +389,11 @@ fn read_values(r: &mut Reader, types: &[u32], complete: bool, max: usize) -> Vec
                     // A length beyond a complete body is malformed: keep nothing more.
                     break;
                 }
-                Some(decode(type_oid, format_of(&formats, i), bytes, len, max))
+                if secret(i) {
+                    Some(redacted(len as u64))
+                } else {
+                    Some(decode(type_oid, format_of(&formats, i), bytes, len, max))
+                }
             }
         };
         params.push(Param { type_oid, value });

@@ -1,7 +1,14 @@
 //! COPY in progress: its totals, and the first bytes of its data up to the cap.
+//!
+//! A COPY whose columns may include a secret one keeps no data at all: finding the secret
+//! column's field in every row of text, CSV or binary COPY data is out of scope, so the data is
+//! recorded as redacted (its length only) while the byte and row counts stay. Whether a COPY may
+//! carry a secret column is decided from its SQL (`redact::sql`): its column list, or the query
+//! of `COPY (query) TO STDOUT`; without either, nothing is known about its columns and it may.
 
 use super::super::event::EventKind;
 use super::Capture;
+use super::redact::redacted;
 use super::values::{capped_hex, capped_text, valid_utf8_prefix};
 use crate::protocol::frame::Frame;
 
@@ -35,6 +42,8 @@ impl CopyDirection {
 pub(super) struct CopyState {
     pub(super) direction: CopyDirection,
     pub(super) binary: bool,
+    /// The data may carry a secret column: none of it is kept.
+    pub(super) redacted: bool,
     pub(super) bytes: u64,
     pub(super) newlines: u64,
     pub(super) kept: Vec<u8>,
@@ -50,6 +59,9 @@ impl Capture {
         }
         copy.bytes += frame.body_len as u64;
         copy.newlines += frame.body.iter().filter(|&&b| b == b'\n').count() as u64;
+        if copy.redacted {
+            return;
+        }
         let room = self.limits.max_copy_bytes.saturating_sub(copy.kept.len());
         copy.kept
             .extend_from_slice(&frame.body[..frame.body.len().min(room)]);
@@ -69,7 +81,11 @@ impl Capture {
     /// Ends the COPY in progress, if any: its data up to the cap, then its totals.
     pub(super) fn finish_copy(&mut self, outcome: String, out: &mut Vec<EventKind>) {
         let Some(copy) = self.copy.take() else { return };
-        if !copy.kept.is_empty() {
+        if copy.redacted && copy.bytes > 0 && self.limits.max_copy_bytes > 0 {
+            out.push(EventKind::CopyData {
+                data: redacted(copy.bytes),
+            });
+        } else if !copy.kept.is_empty() {
             let len = copy.bytes as usize;
             let data = match valid_utf8_prefix(&copy.kept, copy.kept.len() < len)
                 .filter(|_| !copy.binary)

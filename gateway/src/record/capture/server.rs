@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::super::event::{Capped, Column, EventKind, ServerMessage};
 use super::copy::{CopyDirection, CopyState};
+use super::redact::redacted;
 use super::values::decode;
 use super::wire::Reader;
 use super::{Capture, CaptureLimits, Pending, ResultColumn, micros_between};
@@ -40,11 +41,14 @@ pub(super) struct RowCollector {
 }
 
 impl RowCollector {
+    /// Adds a DataRow. `columns` is `None` when no RowDescription said what the columns are (an
+    /// Execute without a Describe): then every value is redacted if `redact_unknown`.
     fn add(
         &mut self,
         body: &[u8],
         body_len: usize,
-        columns: &[ResultColumn],
+        columns: Option<&[ResultColumn]>,
+        redact_unknown: bool,
         limits: &CaptureLimits,
     ) {
         if limits.max_rows == 0 || limits.max_result_bytes == 0 {
@@ -57,7 +61,8 @@ impl RowCollector {
         let row = decode_row(
             body,
             body_len == body.len(),
-            columns,
+            columns.unwrap_or_default(),
+            columns.is_none() && redact_unknown,
             limits.max_value_bytes,
         );
         let size: usize = row.iter().flatten().map(|v| v.text.len()).sum();
@@ -83,10 +88,13 @@ impl RowCollector {
     }
 }
 
+/// A DataRow's values; those of secret columns (all of them with `redact_all`) are redacted,
+/// never decoded.
 fn decode_row(
     body: &[u8],
     complete: bool,
     columns: &[ResultColumn],
+    redact_all: bool,
     max: usize,
 ) -> Vec<Option<Capped>> {
     let mut r = Reader::new(body);
@@ -107,14 +115,13 @@ fn decode_row(
         let column = columns.get(i).copied().unwrap_or(ResultColumn {
             type_oid: 0,
             format: 0,
+            secret: false,
         });
-        row.push(Some(decode(
-            column.type_oid,
-            column.format,
-            bytes,
-            len,
-            max,
-        )));
+        row.push(Some(if redact_all || column.secret {
+            redacted(len as u64)
+        } else {
+            decode(column.type_oid, column.format, bytes, len, max)
+        }));
     }
     row
 }
@@ -133,15 +140,17 @@ impl Capture {
             }
             DATA_ROW => {
                 let columns = match self.pending.front() {
-                    Some(Pending::Simple { columns, .. }) => columns.as_slice(),
-                    Some(Pending::Execute {
-                        columns: Some(columns),
-                        ..
-                    }) => columns.as_slice(),
-                    _ => &[],
+                    Some(Pending::Simple { columns, .. }) => Some(columns.as_slice()),
+                    Some(Pending::Execute { columns, .. }) => columns.as_deref(),
+                    _ => None,
                 };
-                self.rows
-                    .add(&frame.body, frame.body_len, columns, &self.limits);
+                self.rows.add(
+                    &frame.body,
+                    frame.body_len,
+                    columns,
+                    !self.secrets.is_none(),
+                    &self.limits,
+                );
             }
             COMMAND_COMPLETE => {
                 let (tag, _) = r.cstr_or_rest();
@@ -187,9 +196,17 @@ impl Capture {
                     _ => CopyDirection::Both,
                 };
                 let binary = r.u8() == Some(1);
+                let redacted = match self.pending.front() {
+                    Some(
+                        Pending::Simple { copy_redacted, .. }
+                        | Pending::Execute { copy_redacted, .. },
+                    ) => *copy_redacted,
+                    _ => !self.secrets.is_none(),
+                };
                 self.copy = Some(CopyState {
                     direction,
                     binary,
+                    redacted,
                     bytes: 0,
                     newlines: 0,
                     kept: Vec::new(),
@@ -239,8 +256,13 @@ impl Capture {
             else {
                 break;
             };
+            let secret = self.secrets.matches_name(&name);
             columns.push(Column { name, type_oid });
-            result_columns.push(ResultColumn { type_oid, format });
+            result_columns.push(ResultColumn {
+                type_oid,
+                format,
+                secret,
+            });
         }
         match self.pending.front() {
             Some(Pending::Describe { .. }) => {
@@ -274,8 +296,7 @@ impl Capture {
             } = pending
             {
                 if describes_statement && statement == name {
-                    let types: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
-                    *known = Some(super::client::result_columns(&types, result_formats));
+                    *known = Some(super::client::result_columns(&columns, result_formats));
                     break;
                 }
                 if !describes_statement && portal == name {
@@ -286,7 +307,7 @@ impl Capture {
         }
         if describes_statement {
             if let Some(statement) = self.statements.get_mut(name) {
-                statement.column_types = Some(columns.iter().map(|c| c.type_oid).collect());
+                statement.columns = Some(columns);
             }
         } else if let Some(portal) = self.portals.get_mut(name) {
             portal.columns = Some(columns);

@@ -265,6 +265,7 @@ pub(crate) const REDACTED_LITERAL: &str = "'***'";
 /// Replaces the password literal of `CREATE|ALTER ROLE|USER|GROUP ... PASSWORD '...'` (and of
 /// `CREATE|ALTER USER MAPPING ... OPTIONS (password '...')`) with `'***'`. `None` when there was
 /// nothing to redact, so the common case allocates nothing.
+#[cfg(test)]
 pub(crate) fn redact_passwords(sql: &str) -> Option<String> {
     let spans = password_literals(sql);
     (!spans.is_empty()).then(|| replace_spans(sql, &spans))

@@ -148,9 +148,21 @@ impl Session {
         Self::with_limits(CaptureLimits::default())
     }
 
+    /// With the default secret patterns, as `Capture::new` has them.
     fn with_limits(limits: CaptureLimits) -> Self {
         Session {
             capture: Capture::new(limits),
+            clock: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn with_secrets(patterns: &[&str]) -> Self {
+        let patterns: Vec<String> = patterns.iter().map(|&p| p.to_owned()).collect();
+        Session {
+            capture: Capture::with_secrets(
+                CaptureLimits::default(),
+                Arc::new(SecretPatterns::new(&patterns).unwrap()),
+            ),
             clock: DateTime::UNIX_EPOCH,
         }
     }
@@ -421,7 +433,8 @@ fn copy_in_records_its_data_bytes_and_rows() {
         max_copy_bytes: 6,
         ..CaptureLimits::default()
     });
-    s.client(&[query("copy t from stdin")]);
+    // With a column list, the default patterns know there is no secret column in the data.
+    s.client(&[query("copy t (id, name) from stdin")]);
     let start = s.server(&[frame(b'G', |b| {
         b.put_u8(0);
         b.put_i16(1);
@@ -468,7 +481,7 @@ fn copy_in_records_its_data_bytes_and_rows() {
 #[test]
 fn copy_out_ends_at_the_servers_copy_done_and_a_failed_copy_in_says_why() {
     let mut s = Session::new();
-    s.client(&[query("copy t to stdout")]);
+    s.client(&[query("copy t (x) to stdout")]);
     let events = s.server(&[
         frame(b'H', |b| {
             b.put_u8(0);
@@ -532,7 +545,8 @@ fn error_response(code: &str, message: &str, position: &str) -> Frame {
 
 #[test]
 fn an_error_carries_its_position_and_skips_the_rest_of_the_pipeline() {
-    let mut s = Session::new();
+    // No Describe: with secret patterns, rows of columns nobody named would be redacted.
+    let mut s = Session::with_secrets(&[]);
     s.client(&[
         parse("", "selec 1", &[]),
         bind("", "", &[], &[]),
@@ -729,5 +743,467 @@ fn random_bytes_under_every_tag_never_panic() {
             Direction::ServerToClient
         };
         s.feed(direction, &[f]);
+    }
+}
+
+/// A value recorded as redacted: nothing of it but its length.
+fn hidden(len: usize) -> Capped {
+    Capped {
+        text: String::new(),
+        len: len as u64,
+        hex: false,
+        redacted: true,
+    }
+}
+
+fn copy_in_response() -> Frame {
+    frame(b'G', |b| {
+        b.put_u8(0);
+        b.put_i16(0);
+    })
+}
+
+#[test]
+fn rows_of_secret_columns_are_redacted_and_the_others_untouched() {
+    let mut s = Session::new();
+    s.client(&[query("select id, password, email, \"Api_Key\" from users")]);
+    let events = s.server(&[
+        row_description(&[
+            ("id", INT4, 0),
+            ("password", TEXT, 0),
+            ("email", TEXT, 0),
+            ("Api_Key", TEXT, 0),
+        ]),
+        data_row(&[Some(b"1"), Some(b"hunter2"), Some(b"a@b"), Some(b"k-1")]),
+        data_row(&[Some(b"2"), None, Some(b"c@d"), Some(b"")]),
+        command_complete("SELECT 2"),
+        ready(b'I'),
+    ]);
+    // The column names stay: they say what was redacted.
+    assert!(
+        matches!(&events[0], EventKind::RowDescription { columns } if columns[1].name == "password")
+    );
+    assert_eq!(
+        events[1],
+        EventKind::Rows {
+            rows: vec![
+                vec![
+                    Some(text("1")),
+                    Some(hidden(7)),
+                    Some(text("a@b")),
+                    Some(hidden(3))
+                ],
+                // NULL has no value to hide; an empty value still says it was redacted.
+                vec![Some(text("2")), None, Some(text("c@d")), Some(hidden(0))],
+            ],
+            omitted: 0
+        }
+    );
+}
+
+#[test]
+fn rows_are_redacted_by_the_columns_a_describe_revealed_however_much_later() {
+    let mut s = Session::new();
+    // Prepared and described once (like tokio-postgres or asyncpg), executed later without a
+    // Describe: the statement's columns say which values to hide, in binary too.
+    s.client(&[
+        parse("s1", "select id, token from sessions where id = $1", &[]),
+        describe(b'S', "s1"),
+        simple(b'S'),
+    ]);
+    s.server(&[
+        simple(b'1'),
+        parameter_description(&[INT4]),
+        row_description(&[("id", INT4, 0), ("token", TEXT, 0)]),
+        ready(b'I'),
+    ]);
+    s.client(&[query("select 1")]);
+    s.server(&[command_complete("SELECT 1"), ready(b'I')]);
+    s.client(&[
+        bind("", "s1", &[(1, Some(&5i32.to_be_bytes()))], &[1]),
+        execute("", 0),
+        simple(b'S'),
+    ]);
+    let events = s.server(&[
+        simple(b'2'),
+        data_row(&[Some(&5i32.to_be_bytes()), Some(b"tok-abc")]),
+        command_complete("SELECT 1"),
+        ready(b'I'),
+    ]);
+    assert_eq!(
+        events[0],
+        EventKind::Rows {
+            rows: vec![vec![Some(text("5")), Some(hidden(7))]],
+            omitted: 0
+        }
+    );
+
+    // Described as a portal (like libpq), in the same pipeline as its Execute.
+    s.client(&[
+        parse("", "select secret from vault", &[]),
+        bind("", "", &[], &[]),
+        describe(b'P', ""),
+        execute("", 0),
+        simple(b'S'),
+    ]);
+    let events = s.server(&[
+        simple(b'1'),
+        simple(b'2'),
+        row_description(&[("secret", TEXT, 0)]),
+        data_row(&[Some(b"s3")]),
+        command_complete("SELECT 1"),
+        ready(b'I'),
+    ]);
+    assert_eq!(
+        events[1],
+        EventKind::Rows {
+            rows: vec![vec![Some(hidden(2))]],
+            omitted: 0
+        }
+    );
+}
+
+#[test]
+fn rows_of_columns_nobody_described_are_redacted_unless_there_are_no_patterns() {
+    for (patterns, want) in [(&["*password*"][..], hidden(5)), (&[][..], text("alice"))] {
+        let mut s = Session::with_secrets(patterns);
+        s.client(&[
+            parse("", "select name from users", &[]),
+            bind("", "", &[], &[]),
+            execute("", 0),
+            simple(b'S'),
+        ]);
+        let events = s.server(&[
+            simple(b'1'),
+            simple(b'2'),
+            data_row(&[Some(b"alice")]),
+            command_complete("SELECT 1"),
+        ]);
+        assert_eq!(
+            events[0],
+            EventKind::Rows {
+                rows: vec![vec![Some(want)]],
+                omitted: 0
+            }
+        );
+    }
+}
+
+#[test]
+fn a_parameter_bound_to_a_secret_column_is_redacted_in_every_bind_however_much_later() {
+    let mut s = Session::new();
+    let sql = "update users set password = $2, email = $3 where id = $1";
+    s.client(&[parse("set_pw", sql, &[INT4, TEXT, TEXT]), simple(b'S')]);
+    s.server(&[simple(b'1'), ready(b'I')]);
+    // Many other statements in between, the unnamed one reused each time.
+    for i in 0..50 {
+        s.client(&[parse("", &format!("select {i}"), &[]), simple(b'S')]);
+        s.server(&[simple(b'1'), ready(b'I')]);
+    }
+    for (password, binary) in [(&b"hunter2"[..], false), (&b"correct horse"[..], true)] {
+        let events = s.client(&[bind(
+            "",
+            "set_pw",
+            &[
+                (1, Some(&7i32.to_be_bytes())),
+                (i16::from(binary), Some(password)),
+                (0, Some(b"a@b")),
+            ],
+            &[],
+        )]);
+        assert_eq!(
+            events[0],
+            EventKind::Bind {
+                portal: String::new(),
+                statement: "set_pw".into(),
+                params: vec![
+                    Param {
+                        type_oid: INT4,
+                        value: Some(text("7"))
+                    },
+                    Param {
+                        type_oid: TEXT,
+                        value: Some(hidden(password.len()))
+                    },
+                    Param {
+                        type_oid: TEXT,
+                        value: Some(text("a@b"))
+                    },
+                ],
+            }
+        );
+    }
+    // A NULL stays NULL.
+    let events = s.client(&[bind("", "set_pw", &[(0, None), (0, None), (0, None)], &[])]);
+    let EventKind::Bind { params, .. } = &events[0] else {
+        panic!()
+    };
+    assert!(params.iter().all(|p| p.value.is_none()));
+}
+
+#[test]
+fn parameter_ten_is_not_parameter_one() {
+    let mut s = Session::new();
+    let placeholders: Vec<String> = (1..=9).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "insert into t (a, b, c, d, e, f, g, h, i, token) values ({}, $10)",
+        placeholders.join(", ")
+    );
+    s.client(&[parse("", &sql, &[])]);
+    let values: Vec<(i16, Option<&[u8]>)> = (0..10).map(|_| (0, Some(&b"v"[..]))).collect();
+    let events = s.client(&[bind("", "", &values, &[])]);
+    let EventKind::Bind { params, .. } = &events[0] else {
+        panic!()
+    };
+    let redacted: Vec<bool> = params
+        .iter()
+        .map(|p| p.value.as_ref().unwrap().redacted)
+        .collect();
+    assert_eq!(
+        redacted,
+        [
+            false, false, false, false, false, false, false, false, false, true
+        ]
+    );
+}
+
+#[test]
+fn a_bind_to_a_statement_beyond_the_tracking_cap_redacts_every_value() {
+    let mut s = Session::with_limits(CaptureLimits {
+        max_prepared_statements: 1,
+        ..CaptureLimits::default()
+    });
+    s.client(&[
+        parse("first", "select 1", &[]),
+        parse("untracked", "update u set token = $1 where id = $2", &[]),
+    ]);
+    let events = s.client(&[bind(
+        "",
+        "untracked",
+        &[(0, Some(b"t0k")), (0, Some(b"5"))],
+        &[],
+    )]);
+    let EventKind::Bind { params, .. } = &events[0] else {
+        panic!()
+    };
+    assert_eq!(params[0].value, Some(hidden(3)));
+    assert_eq!(params[1].value, Some(hidden(1)));
+}
+
+#[test]
+fn secret_literals_are_replaced_in_recorded_sql_and_classified_from_the_original() {
+    let mut s = Session::new();
+    let sql = "update users set password = 'hunter2' where id = 1";
+    let events = s.client(&[query(sql)]);
+    assert_eq!(
+        events[0],
+        EventKind::Query {
+            sql: Capped {
+                text: "update users set password = '***' where id = 1".into(),
+                len: sql.len() as u64,
+                hex: false,
+                redacted: true,
+            },
+            class: StatementClass::Write,
+            risks: Vec::new(),
+        }
+    );
+
+    // A Parse, and every Execute attributed to it, carries the redacted text.
+    let sql = "insert into users (email, api_key) values ('a@b', 'k-123'), ('c@d', 'k-456')";
+    let events = s.client(&[
+        parse("ins", sql, &[]),
+        bind("", "ins", &[], &[]),
+        execute("", 0),
+    ]);
+    let recorded = "insert into users (email, api_key) values ('a@b', '***'), ('c@d', '***')";
+    let EventKind::Parse {
+        sql: parsed, class, ..
+    } = &events[0]
+    else {
+        panic!()
+    };
+    assert_eq!((parsed.text.as_str(), parsed.redacted), (recorded, true));
+    assert_eq!(*class, StatementClass::Write);
+    let EventKind::Execute {
+        sql: Some(executed),
+        ..
+    } = &events[2]
+    else {
+        panic!()
+    };
+    assert_eq!(executed, parsed);
+
+    // Role passwords and secret columns in one text.
+    let events = s.client(&[query(
+        "alter role a password 'p1'; update t set token = 'p2'; select 'token = x'",
+    )]);
+    let EventKind::Query { sql, .. } = &events[0] else {
+        panic!()
+    };
+    assert_eq!(
+        sql.text,
+        "alter role a password '***'; update t set token = '***'; select 'token = x'"
+    );
+
+    // Nothing secret: nothing marked.
+    let events = s.client(&[query("select 'password' as word, 1 as token")]);
+    let EventKind::Query { sql, .. } = &events[0] else {
+        panic!()
+    };
+    assert!(!sql.redacted);
+}
+
+#[test]
+fn custom_patterns_replace_the_defaults() {
+    let mut s = Session::with_secrets(&["email", "*_iban"]);
+    let events = s.client(&[query(
+        "update users set email = 'a@b', password = 'pw', Payout_IBAN = 'DE00'",
+    )]);
+    let EventKind::Query { sql, .. } = &events[0] else {
+        panic!()
+    };
+    assert_eq!(
+        sql.text,
+        "update users set email = '***', password = 'pw', Payout_IBAN = '***'"
+    );
+}
+
+#[test]
+fn copy_data_is_not_kept_when_its_columns_may_include_a_secret_one() {
+    for (sql, keeps) in [
+        ("copy users (id, email) from stdin", true),
+        ("copy users (id, password) from stdin", false),
+        ("copy users from stdin", false),
+        ("copy (select id, email from users) to stdout", true),
+        ("copy (select * from users) to stdout", false),
+    ] {
+        let mut s = Session::new();
+        s.client(&[query(sql)]);
+        let out = sql.ends_with("stdout");
+        let mut events = if out {
+            s.server(&[frame(b'H', |b| {
+                b.put_u8(0);
+                b.put_i16(0);
+            })])
+        } else {
+            s.server(&[copy_in_response()])
+        };
+        let data = [
+            frame(b'd', |b| b.put_slice(b"1\tx\n")),
+            frame(b'd', |b| b.put_slice(b"2\ty\n")),
+            simple(b'c'),
+        ];
+        events.extend(if out {
+            s.server(&data)
+        } else {
+            s.client(&data)
+        });
+        let want = if keeps {
+            text("1\tx\n2\ty\n")
+        } else {
+            hidden(8)
+        };
+        assert_eq!(events[1], EventKind::CopyData { data: want }, "{sql}");
+        // The counts stay either way.
+        assert!(
+            matches!(
+                &events[2],
+                EventKind::CopyEnd {
+                    bytes: 8,
+                    rows: 2,
+                    ..
+                }
+            ),
+            "{sql}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn copy_data_through_the_extended_protocol_and_without_patterns() {
+    let mut s = Session::new();
+    s.client(&[
+        parse("", "copy vault (name, secret) from stdin", &[]),
+        bind("", "", &[], &[]),
+        execute("", 0),
+        simple(b'S'),
+    ]);
+    s.server(&[simple(b'1'), simple(b'2'), copy_in_response()]);
+    let events = s.client(&[frame(b'd', |b| b.put_slice(b"a\tb\n")), simple(b'c')]);
+    assert_eq!(events[0], EventKind::CopyData { data: hidden(4) });
+
+    let mut s = Session::with_secrets(&[]);
+    s.client(&[query("copy vault from stdin")]);
+    s.server(&[copy_in_response()]);
+    let events = s.client(&[frame(b'd', |b| b.put_slice(b"a\tb\n")), simple(b'c')]);
+    assert_eq!(
+        events[0],
+        EventKind::CopyData {
+            data: text("a\tb\n")
+        }
+    );
+}
+
+#[test]
+fn random_sql_in_queries_and_parses_never_panics() {
+    let pieces = [
+        "password",
+        "token",
+        "\"Secret\"",
+        "=",
+        ":=",
+        "=>",
+        "(",
+        ")",
+        ",",
+        ";",
+        "'x'",
+        "'",
+        "\"",
+        "$1",
+        "$10",
+        "$",
+        "$$",
+        "--",
+        "/*",
+        "insert into t",
+        "values",
+        "select",
+        "copy t",
+        "from stdin",
+        "(a, password)",
+        "::text",
+        "||",
+        ".",
+        "-",
+        "é",
+        " ",
+        "\u{0}",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xc0ffee);
+    let mut s = Session::new();
+    for round in 0..3_000 {
+        let n = rng.gen_range(0..24);
+        let sql: String = (0..n)
+            .map(|_| pieces[rng.gen_range(0..pieces.len())])
+            .collect();
+        let mut frames = vec![if round % 2 == 0 {
+            query(&sql)
+        } else {
+            parse("", &sql, &[])
+        }];
+        frames.push(bind("", "", &[(0, Some(b"v")), (1, None)], &[]));
+        s.client(&frames);
+        s.server(&[copy_in_response()]);
+        s.client(&[frame(b'd', |b| b.put_slice(b"x\n")), simple(b'c')]);
+        s.server(&[ready(b'I')]);
+        // Garbage bytes as SQL, cut off mid-character.
+        let garbage: Vec<u8> = (0..rng.gen_range(0..32)).map(|_| rng.r#gen()).collect();
+        s.client(&[Frame {
+            tag: b'Q',
+            body_len: garbage.len() + 10,
+            body: Bytes::from(garbage),
+        }]);
     }
 }
