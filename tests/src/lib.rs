@@ -14,6 +14,7 @@ pub mod pgbastion;
 pub mod ports;
 pub mod process;
 pub mod scratch;
+pub mod serverlog;
 
 pub use certs::{IssuedCert, TestCa};
 pub use clients::{psql, tokio_postgres_connect};
