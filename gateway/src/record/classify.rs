@@ -4,6 +4,8 @@
 //! knows (ALTER SYSTEM, DO blocks, many utility commands), so when parsing fails each statement is
 //! classified by its leading keywords instead, from a lexical scan that respects quoting.
 
+use std::collections::HashMap;
+
 use sqlparser::ast::{GranteeName, GranteesType, Query, SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -21,6 +23,58 @@ pub const RISK_GRANT_TO_PUBLIC: &str = "grant_to_public";
 /// Above this size the SQL is only scanned, not parsed: a multi-megabyte INSERT would cost a
 /// large syntax tree for no better answer than its first keyword gives.
 const MAX_PARSED_SQL_BYTES: usize = 256 * 1024;
+
+/// Statement shapes remembered per session.
+const MAX_CACHED_SHAPES: usize = 256;
+/// Longer SQL is classified every time (and is rarely repeated).
+const MAX_SHAPE_BYTES: usize = 4096;
+
+/// [`classify`] with a memory of statement shapes: SQL that differs only in its literals
+/// (pgbench, ORMs that inline values, dashboards) classifies the same, so each shape is parsed
+/// once per session instead of on every statement. Parsing costs microseconds per statement on
+/// the forwarding path; the shape costs one lexical scan.
+#[derive(Debug, Default)]
+pub struct Classifier {
+    shapes: HashMap<String, (StatementClass, Vec<String>)>,
+}
+
+impl Classifier {
+    pub fn classify(&mut self, sql: &str) -> (StatementClass, Vec<String>) {
+        if sql.len() > MAX_SHAPE_BYTES {
+            return classify(sql);
+        }
+        let key = shape(sql);
+        if let Some(verdict) = self.shapes.get(&key) {
+            return verdict.clone();
+        }
+        let verdict = classify(sql);
+        if self.shapes.len() >= MAX_CACHED_SHAPES {
+            self.shapes.clear();
+        }
+        self.shapes.insert(key, verdict.clone());
+        verdict
+    }
+}
+
+/// The SQL with every literal and number replaced by a placeholder and trivia (whitespace,
+/// comments) dropped: what classification depends on. An unterminated literal keeps a mark of
+/// its own, since the parser rejects it where a terminated one parses.
+fn shape(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    for token in sql_text::tokens(sql) {
+        let text = &sql[token.span.clone()];
+        match token.kind {
+            sql_text::TokenKind::Literal => {
+                let closed = text.len() >= 2 && (text.ends_with('\'') || text.ends_with('$'));
+                out.push_str(if closed { "''" } else { "'!" });
+            }
+            sql_text::TokenKind::Number => out.push('0'),
+            _ => out.push_str(text),
+        }
+        out.push(' ');
+    }
+    out
+}
 
 /// Classifies `sql`, which may hold several statements: the most significant class among them
 /// (DDL > privilege > write > read > transaction > utility) and the union of their risks.
@@ -329,5 +383,51 @@ mod tests {
         let (class, risks) = classify("delete from t ((; truncate x");
         assert_eq!(class, Write);
         assert_eq!(risks, vec!["delete_without_where", "truncate"]);
+    }
+
+    #[test]
+    fn remembered_shapes_answer_exactly_as_parsing_each_statement() {
+        let mut classifier = Classifier::default();
+        let corpus = [
+            "select abalance from pgbench_accounts where aid = 1",
+            "select abalance from pgbench_accounts where aid = 987654",
+            "update t set a = 'x' where id = 2",
+            "update t set a = 'y'",
+            "delete from t where id = 3",
+            "delete from t",
+            "grant select on t to public",
+            "grant select on t to alice",
+            "select 'unterminated",
+            "select 'terminated'",
+            "insert into t values (1, 'a'), (2, 'b')",
+            "/* comment */ select 1",
+            "select 1 -- trailing",
+            "create role r password 'x'",
+            "select $$dollar$$",
+            "select $$unterminated",
+        ];
+        for round in 0..3 {
+            for sql in corpus {
+                assert_eq!(
+                    classifier.classify(sql),
+                    classify(sql),
+                    "round {round}: {sql}"
+                );
+            }
+        }
+        assert!(
+            classifier.shapes.len() < corpus.len(),
+            "literals share a shape"
+        );
+    }
+
+    #[test]
+    fn shapes_drop_literals_and_trivia_only() {
+        assert_eq!(
+            shape("SELECT a FROM t WHERE id = 42 AND n = 'x' -- c"),
+            shape("SELECT a  FROM t /* c */ WHERE id = 7 AND n = 'yy'")
+        );
+        assert_ne!(shape("select a from t"), shape("select b from t"));
+        assert_ne!(shape("select 'a'"), shape("select 'a"));
     }
 }
