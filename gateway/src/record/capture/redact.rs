@@ -64,13 +64,16 @@ struct Glob {
 }
 
 /// The cheap test run before any token scan: at least one fragment of every pattern occurs in any
-/// text that names a column the pattern matches.
+/// text that names a column the pattern matches, and `copy` in any text with a COPY statement.
 #[derive(Debug, Clone)]
 struct Prefilter {
     /// The longest part of each pattern, lowercase ASCII.
     fragments: Vec<Box<[u8]>>,
-    /// Which bytes (either case) start a fragment.
-    starts: [bool; 256],
+    /// Bit `pair(a, b)` is set when a fragment (or `copy`) starts with the bytes `a b`: almost
+    /// every position of a text is rejected by this one test.
+    starting_pairs: Box<[u64; 1024]>,
+    /// Some fragment is a single byte: every position is compared with the fragments.
+    single_byte: bool,
     /// Some pattern has no fragment that text must contain literally (`*`, or a `"` that a quoted
     /// identifier doubles): every text passes.
     always: bool,
@@ -140,12 +143,25 @@ impl SecretPatterns {
         self.globs.iter().any(|g| g.matches(&name))
     }
 
-    /// False only when `text` cannot name a matching column (no pattern's fragment occurs in it):
-    /// one pass over the bytes, no allocation.
-    pub(super) fn may_be_named_in(&self, text: &[u8]) -> bool {
-        !self.is_none() && self.prefilter.passes(text)
+    /// What a token scan of `text` could find: one pass over the bytes, no allocation.
+    pub(super) fn mentions(&self, text: &[u8]) -> Mentions {
+        if self.is_none() {
+            return Mentions::default();
+        }
+        self.prefilter.mentions(text)
     }
 }
+
+/// The fast path's verdict on a text.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Mentions {
+    /// Some pattern's fragment occurs: the text may name a matching column.
+    pub(super) named: bool,
+    /// `copy` occurs (ASCII case-insensitively): the text may hold a COPY statement.
+    pub(super) copy: bool,
+}
+
+const COPY: &[u8] = b"copy";
 
 impl Glob {
     fn matches(&self, name: &str) -> bool {
@@ -174,7 +190,8 @@ impl Prefilter {
     fn new(globs: &[Glob]) -> Prefilter {
         let mut prefilter = Prefilter {
             fragments: Vec::new(),
-            starts: [false; 256],
+            starting_pairs: Box::new([0; 1024]),
+            single_byte: false,
             always: false,
             non_ascii: false,
         };
@@ -189,37 +206,58 @@ impl Prefilter {
             } else if !longest.is_ascii() {
                 prefilter.non_ascii = true;
             } else {
-                let first = longest.as_bytes()[0];
-                prefilter.starts[usize::from(first.to_ascii_lowercase())] = true;
-                prefilter.starts[usize::from(first.to_ascii_uppercase())] = true;
-                prefilter.fragments.push(longest.as_bytes().into());
+                let fragment = longest.as_bytes();
+                match fragment {
+                    [a, b, ..] => {
+                        let bit = pair(*a, *b);
+                        prefilter.starting_pairs[bit / 64] |= 1 << (bit % 64);
+                    }
+                    _ => prefilter.single_byte = true,
+                }
+                prefilter.fragments.push(fragment.into());
             }
         }
+        let bit = pair(COPY[0], COPY[1]);
+        prefilter.starting_pairs[bit / 64] |= 1 << (bit % 64);
         prefilter
     }
 
-    fn passes(&self, text: &[u8]) -> bool {
-        if self.always {
-            return true;
+    fn mentions(&self, text: &[u8]) -> Mentions {
+        let mut found = Mentions {
+            named: self.always || (self.non_ascii && !text.is_ascii()),
+            copy: false,
+        };
+        if self.single_byte && !found.named {
+            found.named = (0..text.len()).any(|i| self.fragment_at(&text[i..]));
         }
-        for (i, &b) in text.iter().enumerate() {
-            if !b.is_ascii() {
-                if self.non_ascii {
-                    return true;
-                }
-            } else if self.starts[usize::from(b)] {
-                let rest = &text[i..];
-                if self
-                    .fragments
-                    .iter()
-                    .any(|f| rest.len() >= f.len() && rest[..f.len()].eq_ignore_ascii_case(f))
-                {
-                    return true;
-                }
+        for (i, w) in text.windows(2).enumerate() {
+            let bit = pair(w[0], w[1]);
+            if (self.starting_pairs[bit / 64] >> (bit % 64)) & 1 == 0 {
+                continue;
+            }
+            let rest = &text[i..];
+            found.named = found.named || self.fragment_at(rest);
+            found.copy = found.copy
+                || rest
+                    .get(..COPY.len())
+                    .is_some_and(|r| r.eq_ignore_ascii_case(COPY));
+            if found.named && found.copy {
+                break;
             }
         }
-        false
+        found
     }
+
+    fn fragment_at(&self, rest: &[u8]) -> bool {
+        self.fragments
+            .iter()
+            .any(|f| rest.len() >= f.len() && rest[..f.len()].eq_ignore_ascii_case(f))
+    }
+}
+
+/// The bit of two bytes in `starting_pairs`, ASCII case-insensitively.
+fn pair(a: u8, b: u8) -> usize {
+    (usize::from(a.to_ascii_lowercase()) << 8) | usize::from(b.to_ascii_lowercase())
 }
 
 /// Case folding for matching; see the module documentation.

@@ -320,7 +320,7 @@ pub(crate) fn replace_spans(sql: &str, spans: &[Range<usize>]) -> String {
     out
 }
 
-pub(crate) fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))

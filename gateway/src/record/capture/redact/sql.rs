@@ -69,8 +69,7 @@ impl SecretPatterns {
         if self.is_none() {
             return found;
         }
-        let named = self.may_be_named_in(sql.as_bytes());
-        let copy = sql_text::contains_ignore_ascii_case(sql.as_bytes(), b"copy");
+        let super::Mentions { named, copy } = self.mentions(sql.as_bytes());
         if !named && !copy {
             return found;
         }

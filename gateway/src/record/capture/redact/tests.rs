@@ -113,19 +113,27 @@ fn empty_patterns_are_refused_and_an_empty_list_redacts_nothing() {
 #[test]
 fn the_fast_path_passes_only_texts_that_contain_a_fragment() {
     let p = SecretPatterns::defaults();
-    assert!(!p.may_be_named_in(b"select id, email from users where id = $1"));
-    assert!(!p.may_be_named_in(b""));
-    assert!(p.may_be_named_in(b"SELECT PassWord FROM users"));
-    assert!(p.may_be_named_in(b"x\"ToKeN\""));
-    assert!(p.may_be_named_in(b"ssn"));
+    assert!(
+        !p.mentions(b"select id, email from users where id = $1")
+            .named
+    );
+    assert!(!p.mentions(b"").named);
+    assert!(p.mentions(b"SELECT PassWord FROM users").named);
+    assert!(p.mentions(b"x\"ToKeN\"").named);
+    assert!(p.mentions(b"ssn").named);
     // Non-ASCII text alone does not defeat it, unless a pattern is non-ASCII.
-    assert!(!p.may_be_named_in("select 'héllo wörld'".as_bytes()));
+    assert!(!p.mentions("select 'héllo wörld'".as_bytes()).named);
     let cyrillic = patterns(&["*пароль*"]);
-    assert!(cyrillic.may_be_named_in("select 'é'".as_bytes()));
-    assert!(!cyrillic.may_be_named_in(b"select password"));
+    assert!(cyrillic.mentions("select 'é'".as_bytes()).named);
+    assert!(!cyrillic.mentions(b"select password").named);
     // A pattern without a literal fragment passes everything.
-    assert!(patterns(&["*"]).may_be_named_in(b"select 1"));
-    assert!(patterns(&["a\"b"]).may_be_named_in(b"select 1"));
+    assert!(patterns(&["*"]).mentions(b"select 1").named);
+    assert!(patterns(&["a\"b"]).mentions(b"select 1").named);
+    // COPY is noticed in the same pass, with or without a fragment.
+    assert!(p.mentions(b"CoPy t from stdin").copy);
+    assert!(p.mentions(b"select password; copy t from stdin").copy);
+    assert!(!p.mentions(b"select password from t").copy);
+    assert!(!p.mentions(b"cop").copy);
     // Nothing to find without a fragment: the statement is not even tokenised.
     assert_eq!(
         p.scan_sql("update users set email = 'x' where id = $1"),
