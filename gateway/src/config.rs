@@ -103,6 +103,31 @@ pub struct RecordingConfig {
     /// survive a killed gateway, and strict sessions need not wait for each store commit.
     /// Without it, strict sessions wait for the store on every statement.
     pub journal: bool,
+    /// Column names whose values are never stored (result columns, parameters bound to them,
+    /// literals assigned to them): case-insensitive globs with `*`. In the environment, a
+    /// comma-separated list. An empty list redacts only role passwords.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub secret_patterns: Vec<String>,
+}
+
+/// A list as a TOML array, or as one comma-separated string (how an environment variable
+/// carries it).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(items) => items,
+        Either::Commas(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -179,6 +204,10 @@ impl Default for RecordingConfig {
             commit_timeout_millis: 5_000,
             shutdown_flush_secs: 30,
             journal: true,
+            secret_patterns: crate::record::capture::DEFAULT_SECRET_PATTERNS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
         }
     }
 }
@@ -433,6 +462,12 @@ impl Config {
         )?;
         positive("recording.flush_interval_millis", r.flush_interval_millis)?;
         positive("recording.commit_timeout_millis", r.commit_timeout_millis)?;
+        crate::record::capture::SecretPatterns::new(&r.secret_patterns).map_err(|message| {
+            ConfigError::Value {
+                key: "recording.secret_patterns",
+                message,
+            }
+        })?;
         // A startup packet holds at least its length, the protocol version and a user name.
         if g.max_startup_packet_bytes < 64 {
             return Err(ConfigError::Value {
@@ -645,6 +680,34 @@ format = "json"
         assert_eq!(config.console.listen, "[::1]:8081".parse().unwrap());
         assert_eq!(config.log.format, "json");
         assert_eq!(config.log.filter, "debug,gateway=trace");
+    }
+
+    #[test]
+    fn secret_patterns_come_from_a_list_or_a_comma_separated_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[recording]\nsecret_patterns = [\"*pin*\", \"iban\"]\n",
+        );
+        let config = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.recording.secret_patterns, ["*pin*", "iban"]);
+        let config = Config::load(
+            None,
+            env(&[("PGBASTION_RECORDING_SECRET_PATTERNS", "*pin*, iban")]),
+        )
+        .unwrap();
+        assert_eq!(config.recording.secret_patterns, ["*pin*", "iban"]);
+        assert!(
+            Config::load(None, env(&[]))
+                .unwrap()
+                .recording
+                .secret_patterns
+                .iter()
+                .any(|p| p == "*password*")
+        );
+        let path = write(&dir, "[recording]\nsecret_patterns = [\"ok\", \" \"]\n");
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("recording.secret_patterns"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::Direction;
+use super::classify::Classifier;
 use super::event::{Capped, EventKind};
 use crate::protocol::frame::Frame;
 pub use redact::{DEFAULT_SECRET_PATTERNS, SecretPatterns};
@@ -75,6 +76,8 @@ impl Default for CaptureLimits {
 #[derive(Debug)]
 pub struct Capture {
     limits: CaptureLimits,
+    /// Remembers how statement shapes classify (parsing every statement costs microseconds).
+    classifier: Classifier,
     secrets: Arc<SecretPatterns>,
     statements: HashMap<String, PreparedStatement>,
     portals: HashMap<String, Portal>,
@@ -158,6 +161,7 @@ impl Capture {
         Capture {
             limits,
             secrets,
+            classifier: Classifier::default(),
             statements: HashMap::new(),
             portals: HashMap::new(),
             pending: VecDeque::new(),

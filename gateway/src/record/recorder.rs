@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::capture::{Capture, CaptureLimits};
+use super::capture::{Capture, CaptureLimits, SecretPatterns};
 use super::chain::RecordingKey;
 use super::event::{Event, EventKind, FORMAT_VERSION};
 use super::journal::{JOURNAL_DIR, Journal};
@@ -28,11 +28,20 @@ pub struct RecorderSettings {
     pub shutdown_flush: Duration,
     /// Where the journal lives; `None` without one (strict sessions then wait for each commit).
     pub journal_dir: Option<PathBuf>,
+    /// Columns whose values are redacted.
+    pub secrets: Arc<SecretPatterns>,
 }
 
 impl RecorderSettings {
+    /// Settings from a validated config (`Config::load` checked the secret patterns; should
+    /// they still be unusable, only role passwords are redacted and the error is logged).
     pub fn from_config(c: &RecordingConfig, data_dir: &Path) -> Self {
+        let secrets = SecretPatterns::new(&c.secret_patterns).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "recording.secret_patterns is unusable");
+            SecretPatterns::none()
+        });
         RecorderSettings {
+            secrets: Arc::new(secrets),
             limits: CaptureLimits {
                 max_sql_bytes: c.max_sql_bytes,
                 max_value_bytes: c.max_value_bytes,
@@ -145,7 +154,10 @@ impl Recorder for StoreRecorder {
         let (progress, handover) = self.writer.start(s.session_id, policy, first)?;
         Ok(Some(Box::new(StoreTap::new(
             policy,
-            Capture::new(self.settings.limits_for(&s.target)),
+            Capture::with_secrets(
+                self.settings.limits_for(&s.target),
+                self.settings.secrets.clone(),
+            ),
             progress,
             handover,
             self.writer.clone(),

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 
-use super::super::classify::classify;
 use super::super::event::{Capped, EventKind, Param, StatementClass};
 use super::redact::redacted;
 use super::values::{capped_text, decode, valid_utf8_prefix};
@@ -299,7 +298,7 @@ impl Capture {
 
     /// SQL as recorded: role passwords and the values of secret columns redacted, capped,
     /// classified (on the full text received, before redaction).
-    fn capture_sql(&self, raw: &[u8], full_len: usize) -> CapturedSql {
+    fn capture_sql(&mut self, raw: &[u8], full_len: usize) -> CapturedSql {
         let lossy;
         let text = match valid_utf8_prefix(raw, raw.len() < full_len) {
             Some(text) => text,
@@ -308,7 +307,7 @@ impl Capture {
                 lossy.as_ref()
             }
         };
-        let (class, risks) = classify(text);
+        let (class, risks) = self.classifier.classify(text);
         let secrets = self.secrets.scan_sql(text);
         let mut spans = super::sql_text::password_literals(text);
         let sql = if spans.is_empty() && secrets.literals.is_empty() {

@@ -103,9 +103,11 @@ fn decode_binary(type_oid: u32, b: &[u8]) -> Option<Decoded> {
         OID_INT8 => i64::from_be_bytes(b.try_into().ok()?).to_string(),
         OID_OID => u32::from_be_bytes(b.try_into().ok()?).to_string(),
         OID_FLOAT4 => float_text(f32::from_be_bytes(b.try_into().ok()?).into(), |v| {
-            (v as f32).to_string()
+            pg_float_spelling((v as f32).to_string(), format!("{:e}", v as f32), 6)
         }),
-        OID_FLOAT8 => float_text(f64::from_be_bytes(b.try_into().ok()?), |v| v.to_string()),
+        OID_FLOAT8 => float_text(f64::from_be_bytes(b.try_into().ok()?), |v| {
+            pg_float_spelling(v.to_string(), format!("{v:e}"), 15)
+        }),
         OID_TEXT | OID_VARCHAR | OID_BPCHAR | OID_NAME | OID_JSON => {
             std::str::from_utf8(b).ok()?.to_owned()
         }
@@ -134,6 +136,24 @@ fn float_text(v: f64, finite: impl Fn(f64) -> String) -> String {
     } else {
         finite(v)
     }
+}
+
+/// PostgreSQL's spelling of a finite float from Rust's shortest round-trip digits: positional
+/// for decimal exponents from -4 up to `digits - 1` (15 for float8, 6 for float4, as `%g` with
+/// `DBL_DIG`/`FLT_DIG`), otherwise scientific with a sign and at least two exponent digits
+/// (`1e+20`, `1.5e-07`).
+fn pg_float_spelling(plain: String, scientific: String, digits: i32) -> String {
+    let Some((mantissa, exponent)) = scientific.split_once('e') else {
+        return plain;
+    };
+    let Ok(exponent) = exponent.parse::<i32>() else {
+        return plain;
+    };
+    if plain == "0" || plain == "-0" || (-4..digits).contains(&exponent) {
+        return plain;
+    }
+    let sign = if exponent < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exponent.abs())
 }
 
 fn date_text(days: i32) -> Option<String> {
@@ -249,6 +269,24 @@ mod tests {
             "1099511627776"
         );
         assert_eq!(binary(OID_FLOAT4, &1.5f32.to_be_bytes()), "1.5");
+        // As PostgreSQL prints them (extra_float_digits = 1, its default since version 12).
+        for (v, pg) in [
+            (1e20, "1e+20"),
+            (1e15, "1e+15"),
+            (1e14, "100000000000000"),
+            (1.5e-7, "1.5e-07"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+            (-2.5e-300, "-2.5e-300"),
+            (123.25, "123.25"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+        ] {
+            assert_eq!(binary(OID_FLOAT8, &f64::to_be_bytes(v)), pg, "{v:e}");
+        }
+        assert_eq!(binary(OID_FLOAT4, &1e6f32.to_be_bytes()), "1e+06");
+        assert_eq!(binary(OID_FLOAT4, &100000f32.to_be_bytes()), "100000");
         assert_eq!(
             binary(OID_FLOAT8, &f64::NEG_INFINITY.to_be_bytes()),
             "-Infinity"
