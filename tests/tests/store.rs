@@ -2,13 +2,16 @@
 //!
 //! Each check is an `async fn(Arc<dyn Store>)` named after the behaviour it proves;
 //! `on_both_engines!` turns it into `sqlite::NAME` (a file in a temporary directory) and
-//! `postgres::NAME` (a database in a throwaway cluster). Checks that concern one engine's
-//! set-up (directory creation, concurrent migrations) are plain tests at the end.
+//! `postgres::NAME` (a database in a throwaway cluster). Checks that also edit the database
+//! behind the store's back, as someone with write access to it could, take the [`Engine`] and
+//! its [`Raw`] SQL instead. Checks that concern one engine's set-up (directory creation,
+//! concurrent migrations) are plain tests at the end.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use gateway::store::{
     Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, RecordingPolicy,
@@ -27,44 +30,134 @@ use uuid::Uuid;
 /// directory or cluster it uses.
 struct Engine {
     store: Arc<dyn Store>,
-    _dir: Option<TempDir>,
-    _cluster: Option<PgCluster>,
+    dir: Option<TempDir>,
+    cluster: Option<PgCluster>,
 }
+
+/// The database name of the PostgreSQL engine's store.
+const PG_DB: &str = "store";
 
 impl Engine {
     async fn sqlite() -> Result<Engine> {
         let dir = tempfile::tempdir()?;
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let store = SqliteStore::open(&url).await?;
+        let store = SqliteStore::open(&sqlite_url(dir.path())).await?;
         Ok(Engine {
             store: Arc::new(store),
-            _dir: Some(dir),
-            _cluster: None,
+            dir: Some(dir),
+            cluster: None,
         })
     }
 
     async fn postgres() -> Result<Engine> {
         let cluster = PgCluster::start()?;
-        cluster.create_database("store")?;
-        let store = PgStore::open(&cluster.superuser_url("store"))
+        cluster.create_database(PG_DB)?;
+        let store = PgStore::open(&cluster.superuser_url(PG_DB))
             .await
             .with_context(|| format!("server log:\n{}", cluster.log()))?;
         Ok(Engine {
             store: Arc::new(store),
-            _dir: None,
-            _cluster: Some(cluster),
+            dir: None,
+            cluster: Some(cluster),
         })
+    }
+
+    fn raw(&self) -> Raw<'_> {
+        match (&self.cluster, &self.dir) {
+            (Some(cluster), _) => Raw::Postgres(cluster),
+            (None, Some(dir)) => Raw::Sqlite(dir.path().join("store.db")),
+            (None, None) => unreachable!("an engine has a directory or a cluster"),
+        }
+    }
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("store.db").display())
+}
+
+/// SQL run on a store's database directly, not through the store: psql for PostgreSQL, Python's
+/// sqlite3 module for SQLite (the tests crate has no SQL driver of its own; scripts/setup
+/// installs Python).
+enum Raw<'c> {
+    Sqlite(PathBuf),
+    Postgres(&'c PgCluster),
+}
+
+impl Raw<'_> {
+    /// Runs the statements in order, each committed; returns the rows they return as lines of
+    /// `|`-separated values.
+    fn run(&self, statements: &[&str]) -> Result<Vec<String>> {
+        let out = match self {
+            Raw::Postgres(cluster) => {
+                cluster.psql(PG_DB, &format!("{};", statements.join(";\n")))?
+            }
+            Raw::Sqlite(path) => {
+                const SCRIPT: &str = "import sqlite3, sys\n\
+                    db = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)\n\
+                    for sql in sys.argv[2:]:\n    \
+                        for row in db.execute(sql):\n        \
+                            print('|'.join('' if v is None else str(v) for v in row))\n";
+                let out = std::process::Command::new("python3")
+                    .arg("-c")
+                    .arg(SCRIPT)
+                    .arg(path)
+                    .args(statements)
+                    .output()
+                    .context("cannot run python3 (scripts/setup installs it)")?;
+                if !out.status.success() {
+                    bail!(
+                        "SQL on {} failed: {}\nSQL: {statements:?}",
+                        path.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                String::from_utf8(out.stdout)?
+            }
+        };
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    /// A uuid as a literal of this engine (SQLite stores it as a 16-byte blob).
+    fn uuid(&self, id: Uuid) -> String {
+        match self {
+            Raw::Sqlite(_) => format!("x'{}'", id.simple()),
+            Raw::Postgres(_) => format!("'{id}'::uuid"),
+        }
+    }
+
+    /// Bytes as a literal of this engine.
+    fn bytes(&self, bytes: &[u8]) -> String {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        match self {
+            Raw::Sqlite(_) => format!("x'{hex}'"),
+            Raw::Postgres(_) => format!("'\\x{hex}'::bytea"),
+        }
+    }
+
+    /// Statements that let the next ones store rows the table's CHECK constraints refuse.
+    fn without_checks(&self) -> &'static str {
+        match self {
+            Raw::Sqlite(_) => "PRAGMA ignore_check_constraints = ON",
+            Raw::Postgres(_) => {
+                "ALTER TABLE recording_blocks DROP CONSTRAINT recording_blocks_hashes_check"
+            }
+        }
     }
 }
 
 macro_rules! on_both_engines {
-    ($($check:ident),* $(,)?) => {
+    ($($check:ident),* $(,)?; with_raw_sql: $($raw_check:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test]
                 async fn $check() -> anyhow::Result<()> {
                     let engine = super::Engine::sqlite().await?;
                     super::$check(engine.store.clone()).await
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $raw_check() -> anyhow::Result<()> {
+                    super::$raw_check(&super::Engine::sqlite().await?).await
                 }
             )*
         }
@@ -74,6 +167,12 @@ macro_rules! on_both_engines {
                 async fn $check() -> anyhow::Result<()> {
                     let engine = super::Engine::postgres().await?;
                     super::$check(engine.store.clone()).await
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $raw_check() -> anyhow::Result<()> {
+                    super::$raw_check(&super::Engine::postgres().await?).await
                 }
             )*
         }
@@ -131,6 +230,10 @@ on_both_engines!(
     a_batch_repeating_a_seq_within_itself_stores_nothing,
     a_batch_failing_in_its_last_statement_keeps_none_of_its_earlier_rows,
     one_batch_can_hold_events_of_several_sessions,
+    events_in_several_blocks_come_back_in_order_from_any_seq_with_any_limit,
+    a_batch_interleaving_runs_of_two_sessions_keeps_each_in_order,
+    a_batch_overlapping_a_stored_block_is_a_duplicate_and_stores_nothing,
+    an_event_a_block_could_not_give_back_is_refused,
     events_of_an_unknown_session_are_refused_naming_it,
     a_recording_is_sealed_once,
     sealing_the_recording_of_an_unknown_session_is_refused,
@@ -139,7 +242,10 @@ on_both_engines!(
     appending_20000_events_in_batches_of_500_reports_events_per_second,
     timestamps_keep_microseconds_and_drop_nanoseconds,
     extreme_values_round_trip_exactly,
-    concurrent_upserts_of_one_login_make_one_person,
+    concurrent_upserts_of_one_login_make_one_person;
+    with_raw_sql:
+    corrupt_blocks_are_reported_as_corrupt_naming_the_block,
+    a_session_missing_a_block_reads_on_after_the_gap,
 );
 
 // --- Builders ---
@@ -1369,6 +1475,234 @@ async fn one_batch_can_hold_events_of_several_sessions(store: Arc<dyn Store>) ->
     Ok(())
 }
 
+/// Index ranges `(start, end)` of a slice of events, in the order a batch holds them.
+type Runs<'r> = &'r [(usize, usize)];
+
+/// The events of `runs` of `all`, in that order.
+fn runs_of(all: &[StoredEvent], runs: Runs<'_>) -> Vec<StoredEvent> {
+    runs.iter()
+        .flat_map(|&(start, end)| all[start..end].to_vec())
+        .collect()
+}
+
+/// Appends `batches` of `all`, one batch after the other.
+async fn append_runs(
+    store: &Arc<dyn Store>,
+    all: &[StoredEvent],
+    batches: &[Runs<'_>],
+) -> Result<()> {
+    for runs in batches {
+        store.append_events(&runs_of(all, runs)).await?;
+    }
+    Ok(())
+}
+
+async fn events_in_several_blocks_come_back_in_order_from_any_seq_with_any_limit(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let id = started_session(&store).await?;
+    let all = events(id, 0..40);
+    // Blocks [0] [1-6] [17-24] [7-16] [25] [26-39]: a batch out of order cuts a block at each
+    // jump, and each batch makes blocks of its own.
+    append_runs(
+        &store,
+        &all,
+        &[
+            &[(0, 1)],
+            &[(1, 7)],
+            &[(17, 25), (7, 17)],
+            &[(25, 26)],
+            &[(26, 40)],
+        ],
+    )
+    .await?;
+    for from in -2..=42_i64 {
+        for limit in [0, 1, 2, 3, 5, 7, 11, 39, 40, 100] {
+            let start = from.clamp(0, 40) as usize;
+            let end = (start + limit).min(40);
+            let read = store.session_events(id, from, limit as i64).await?;
+            assert_eq!(read, all[start..end], "from {from}, limit {limit}");
+        }
+    }
+    let found = store
+        .find_sessions(&SessionFilter::default(), &page(1))
+        .await?;
+    assert_eq!(found[0].event_count, 40);
+    Ok(())
+}
+
+async fn a_batch_interleaving_runs_of_two_sessions_keeps_each_in_order(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let alice = started_session(&store).await?;
+    let bob = started_session(&store).await?;
+    let (a, b) = (events(alice, 0..9), events(bob, 0..6));
+    // As the writer collects them from two busy sessions: runs of each, taking turns.
+    let batch: Vec<StoredEvent> = [&a[0..3], &b[0..4], &a[3..5], &b[4..6], &a[5..9]].concat();
+    store.append_events(&batch).await?;
+
+    assert_eq!(store.session_events(alice, 0, 100).await?, a);
+    assert_eq!(store.session_events(bob, 0, 100).await?, b);
+    assert_eq!(store.session_events(alice, 4, 3).await?, a[4..7]);
+    let counts: Vec<(Uuid, i64)> = store
+        .find_sessions(&SessionFilter::default(), &page(10))
+        .await?
+        .iter()
+        .map(|s| (s.session.id, s.event_count))
+        .collect();
+    assert!(
+        counts.contains(&(alice, 9)) && counts.contains(&(bob, 6)),
+        "{counts:?}"
+    );
+    Ok(())
+}
+
+async fn a_batch_overlapping_a_stored_block_is_a_duplicate_and_stores_nothing(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let id = started_session(&store).await?;
+    let other = started_session(&store).await?;
+    let all = events(id, 0..40);
+    append_runs(&store, &all, &[&[(0, 10)], &[(20, 30)]]).await?;
+    let stored = [&all[0..10], &all[20..30]].concat();
+
+    let cases: [(Runs<'_>, i64); 4] = [
+        // Inside a stored block, where no block starts: the primary key alone would not see it.
+        (&[(5, 7)], 5),
+        // Over the end of one and the start of another.
+        (&[(9, 12)], 9),
+        (&[(15, 21)], 20),
+        // Fine blocks first, the overlap last.
+        (&[(10, 20), (29, 31)], 29),
+    ];
+    for (runs, first_repeated) in cases {
+        let mut batch = events(other, 0..3);
+        batch.extend(runs_of(&all, runs));
+        let err = store.append_events(&batch).await.unwrap_err();
+        assert!(
+            is_duplicate_event(&err, id, first_repeated),
+            "{runs:?}: {err:?}"
+        );
+        assert_eq!(store.session_events(id, 0, 100).await?, stored);
+        assert!(store.session_events(other, 0, 100).await?.is_empty());
+    }
+
+    // What fits between the stored blocks goes in.
+    append_runs(&store, &all, &[&[(10, 20), (30, 40)]]).await?;
+    assert_eq!(store.session_events(id, 0, 100).await?, all);
+    Ok(())
+}
+
+async fn an_event_a_block_could_not_give_back_is_refused(store: Arc<dyn Store>) -> Result<()> {
+    let id = started_session(&store).await?;
+    let mut batch = events(id, 0..3);
+    batch[1].body = "{\"sql\":\"SELECT 1\n\"}".to_string();
+    let err = store.append_events(&batch).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains(&format!("{id} seq 1")) && m.contains("raw newline")),
+        "{err:?}"
+    );
+    let mut batch = events(id, 0..3);
+    batch[2].kind = "a,b".to_string();
+    assert!(matches!(
+        store.append_events(&batch).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(store.session_events(id, 0, 100).await?.is_empty());
+    Ok(())
+}
+
+/// The error of reading `session_id` from seq 0, which must be `Corrupt` naming the block.
+async fn corrupt_read(store: &Arc<dyn Store>, session_id: Uuid, block: i64) -> Result<String> {
+    match store.session_events(session_id, 0, 100).await {
+        Err(StoreError::Corrupt(message)) => {
+            let names = format!("session {session_id} starting at seq {block}");
+            assert!(message.contains(&names), "{message}");
+            Ok(message)
+        }
+        other => bail!("expected Corrupt, got {other:?}"),
+    }
+}
+
+async fn corrupt_blocks_are_reported_as_corrupt_naming_the_block(engine: &Engine) -> Result<()> {
+    let store = &engine.store;
+    let raw = engine.raw();
+    let id = started_session(store).await?;
+    let all = events(id, 0..10);
+    append_runs(store, &all, &[&[(0, 5)], &[(5, 10)]]).await?;
+    let block = |first_seq: i64| {
+        format!(
+            "WHERE session_id = {} AND first_seq = {first_seq}",
+            raw.uuid(id)
+        )
+    };
+
+    // A kind taken out of the second block.
+    raw.run(&[&format!(
+        "UPDATE recording_blocks SET kinds = 'query,query,query,query' {}",
+        block(5)
+    )])?;
+    let message = corrupt_read(store, id, 5).await?;
+    assert!(
+        message.contains("kinds names 4 events (5 expected)"),
+        "{message}"
+    );
+    // The first block is fine, and a read that needs only it does not load the second.
+    assert_eq!(store.session_events(id, 0, 5).await?, all[0..5]);
+
+    // A hash cut short in the first block (past the CHECK that would refuse it).
+    raw.run(&[
+        raw.without_checks(),
+        &format!(
+            "UPDATE recording_blocks SET hashes = substr(hashes, 1, 100) {}",
+            block(0)
+        ),
+    ])?;
+    let message = corrupt_read(store, id, 0).await?;
+    assert!(message.contains("hashes holds 100 bytes"), "{message}");
+
+    // Both put right, then a body with an event too many in the second block.
+    let hashes: Vec<u8> = all[..5].iter().flat_map(|e| e.hash.clone()).collect();
+    let newline = match raw {
+        Raw::Sqlite(_) => "char(10)",
+        Raw::Postgres(_) => "chr(10)",
+    };
+    raw.run(&[
+        &format!(
+            "UPDATE recording_blocks SET hashes = {} {}",
+            raw.bytes(&hashes),
+            block(0)
+        ),
+        &format!(
+            "UPDATE recording_blocks SET kinds = 'query,query,query,query,query', \
+             body = body || {newline} {}",
+            block(5)
+        ),
+    ])?;
+    assert_eq!(store.session_events(id, 0, 5).await?, all[0..5]);
+    let message = corrupt_read(store, id, 5).await?;
+    assert!(message.contains("body holds 6 events, not 5"), "{message}");
+    Ok(())
+}
+
+async fn a_session_missing_a_block_reads_on_after_the_gap(engine: &Engine) -> Result<()> {
+    let store = &engine.store;
+    let raw = engine.raw();
+    let id = started_session(store).await?;
+    let all = events(id, 0..30);
+    append_runs(store, &all, &[&[(0, 5)], &[(5, 10)], &[(10, 30)]]).await?;
+    raw.run(&[&format!(
+        "DELETE FROM recording_blocks WHERE session_id = {} AND first_seq = 5",
+        raw.uuid(id)
+    )])?;
+    // Callers page until a page comes back short: a gap must not end a page early.
+    let wanted: Vec<StoredEvent> = [&all[0..5], &all[10..30]].concat();
+    assert_eq!(store.session_events(id, 0, 8).await?, wanted[0..8]);
+    assert_eq!(store.session_events(id, 5, 3).await?, all[10..13]);
+    assert_eq!(store.session_events(id, 3, 100).await?, wanted[3..]);
+    Ok(())
+}
+
 async fn events_of_an_unknown_session_are_refused_naming_it(store: Arc<dyn Store>) -> Result<()> {
     let known = started_session(&store).await?;
     let unknown = Uuid::new_v4();
@@ -1633,6 +1967,104 @@ async fn gateways_opening_one_new_postgres_store_at_once_all_succeed() -> Result
     assert_eq!(later.engine(), "postgres");
     assert_eq!(later.list_targets().await?.len(), 1);
     Ok(())
+}
+
+/// Events as stored before blocks (one row per event, migration 0004), written with raw SQL;
+/// returns them as the store must give them back after migration 0005.
+fn store_events_the_old_way(raw: &Raw<'_>, session_id: Uuid) -> Result<Vec<StoredEvent>> {
+    let rows = [
+        (
+            "1969-12-31T23:59:59.999999Z",
+            "session_start",
+            r#"{"type":"session_start"}"#,
+        ),
+        (
+            "2026-03-04T05:06:07.000001Z",
+            "query",
+            r#"{"sql":"SELECT 'naïve', \"Quoted\" -- 🐘","escaped":"\n"}"#,
+        ),
+        ("9999-12-31T23:59:59.999999Z", "session_end", ""),
+    ];
+    let mut statements = vec![format!(
+        "INSERT INTO sessions (id, person_login, target_id, target_name, db_role, \
+         credential_id, client_addr, started_at) VALUES ({}, 'alice', {}, 'prod', 'reader', {}, \
+         '192.0.2.7:51234', '2026-03-04T05:06:07.000000Z')",
+        raw.uuid(session_id),
+        raw.uuid(Uuid::new_v4()),
+        raw.uuid(Uuid::new_v4())
+    )];
+    let mut wanted = Vec::new();
+    for (seq, (time, kind, body)) in (0_i64..).zip(rows) {
+        let event = StoredEvent {
+            session_id,
+            seq,
+            at: at(time),
+            kind: kind.to_string(),
+            body: body.to_string(),
+            prev_hash: link(session_id, seq - 1),
+            hash: link(session_id, seq),
+        };
+        statements.push(format!(
+            "INSERT INTO recording_events (session_id, seq, at, kind, body, prev_hash, hash) \
+             VALUES ({}, {seq}, '{time}', '{kind}', '{}', {}, {})",
+            raw.uuid(session_id),
+            body.replace('\'', "''"),
+            raw.bytes(&event.prev_hash),
+            raw.bytes(&event.hash)
+        ));
+        wanted.push(event);
+    }
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    raw.run(&statements)?;
+    Ok(wanted)
+}
+
+/// After migration 0005: the old events read back exactly, and the recording goes on in
+/// blocks.
+async fn old_events_read_back_the_same_in_blocks(
+    store: Arc<dyn Store>,
+    session_id: Uuid,
+    wanted: &[StoredEvent],
+) -> Result<()> {
+    assert_eq!(store.session_events(session_id, 0, 10).await?, wanted);
+    assert_eq!(store.session_events(session_id, 1, 1).await?, wanted[1..2]);
+    let found = store
+        .find_sessions(&SessionFilter::default(), &page(1))
+        .await?;
+    assert_eq!(found[0].event_count, 3);
+
+    let err = store
+        .append_events(&events(session_id, 2..4))
+        .await
+        .unwrap_err();
+    assert!(is_duplicate_event(&err, session_id, 2), "{err:?}");
+    store.append_events(&events(session_id, 3..6)).await?;
+    assert_eq!(store.session_events(session_id, 0, 10).await?.len(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_events_stored_before_blocks_read_back_the_same_after_the_migration() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = sqlite_url(dir.path());
+    drop(SqliteStore::open_at_migration(&url, 4).await?);
+    let id = Uuid::new_v4();
+    let wanted = store_events_the_old_way(&Raw::Sqlite(dir.path().join("store.db")), id)?;
+    let store = Arc::new(SqliteStore::open(&url).await?);
+    old_events_read_back_the_same_in_blocks(store, id, &wanted).await
+}
+
+#[tokio::test]
+async fn postgres_events_stored_before_blocks_read_back_the_same_after_the_migration() -> Result<()>
+{
+    let cluster = PgCluster::start()?;
+    cluster.create_database(PG_DB)?;
+    let url = cluster.superuser_url(PG_DB);
+    drop(PgStore::open_at_migration(&url, 4).await?);
+    let id = Uuid::new_v4();
+    let wanted = store_events_the_old_way(&Raw::Postgres(&cluster), id)?;
+    let store = Arc::new(PgStore::open(&url).await?);
+    old_events_read_back_the_same_in_blocks(store, id, &wanted).await
 }
 
 /// The SQLite file holds sealed secrets and session metadata: only its owner may read it, nor

@@ -5,6 +5,7 @@
 //! (`migrations/sqlite`, `migrations/postgres`), run on open. One test suite
 //! (`tests/tests/store.rs`) runs against both.
 
+mod blocks;
 pub mod models;
 pub mod postgres;
 pub mod sqlite;
@@ -117,9 +118,15 @@ pub trait Store: Send + Sync + 'static {
 
     // --- recordings ---
     /// Appends a batch of events (of one or several sessions) in one transaction: all or none.
-    /// A `(session_id, seq)` that already exists fails the whole batch with `Duplicate`.
+    /// A `(session_id, seq)` that already exists fails the whole batch with `Duplicate`, naming
+    /// the first such event of the batch. Events are stored in blocks (runs of consecutive
+    /// events of one session), so an event that a block could not give back as it was (a raw
+    /// newline in its body, which canonical JSON never has, a ',' in its kind, hashes that are
+    /// not 32 bytes) fails the batch with `Corrupt`.
     async fn append_events(&self, batch: &[StoredEvent]) -> StoreResult<()>;
-    /// Events of a session with `seq >= from_seq`, in order, at most `limit`.
+    /// Events of a session with `seq >= from_seq`, in order, at most `limit` (fewer only when
+    /// there are no more, even if blocks are missing in between). A stored block whose columns
+    /// disagree is `Corrupt`, naming the session and the block.
     async fn session_events(
         &self,
         session_id: Uuid,

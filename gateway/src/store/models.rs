@@ -1,7 +1,5 @@
 //! Rows of the store, as the rest of pgbastion sees them (engine-neutral, native types).
 
-use std::collections::{HashMap, HashSet};
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -402,10 +400,11 @@ pub(super) fn decode_tls_mode(value: &str) -> super::StoreResult<UpstreamTls> {
         .map_err(|_| super::StoreError::Corrupt(format!("targets.tls_mode is '{value}'")))
 }
 
-pub(super) fn decode_recording(value: &str) -> super::StoreResult<RecordingPolicy> {
+/// A recording policy read from `column` ("targets.recording", "sessions.recording").
+pub(super) fn decode_recording(column: &str, value: &str) -> super::StoreResult<RecordingPolicy> {
     value
         .parse()
-        .map_err(|_| super::StoreError::Corrupt(format!("targets.recording is '{value}'")))
+        .map_err(|_| super::StoreError::Corrupt(format!("{column} is '{value}'")))
 }
 
 pub(super) fn decode_port(value: i64) -> super::StoreResult<u16> {
@@ -503,39 +502,6 @@ pub struct RecordingSeal {
     /// after a key rotation.
     pub key_id: String,
     pub sealed_at: DateTime<Utc>,
-}
-
-/// How an event is named in errors: "SESSION seq N".
-pub(crate) fn event_label(event: &StoredEvent) -> String {
-    format!("{} seq {}", event.session_id, event.seq)
-}
-
-/// Each session of a batch with the lowest and highest seq the batch holds for it.
-pub(crate) fn seq_ranges(batch: &[StoredEvent]) -> HashMap<Uuid, (i64, i64)> {
-    let mut ranges = HashMap::new();
-    for event in batch {
-        let (lowest, highest) = ranges
-            .entry(event.session_id)
-            .or_insert((event.seq, event.seq));
-        *lowest = event.seq.min(*lowest);
-        *highest = event.seq.max(*highest);
-    }
-    ranges
-}
-
-/// The first event of `batch` whose (session, seq) an earlier event of the batch or a stored
-/// event (`stored`: seqs per session) already has.
-pub(crate) fn first_repeated<'b>(
-    batch: &'b [StoredEvent],
-    stored: &HashMap<Uuid, HashSet<i64>>,
-) -> Option<&'b StoredEvent> {
-    let mut seen = HashSet::new();
-    batch.iter().find(|event| {
-        !seen.insert((event.session_id, event.seq))
-            || stored
-                .get(&event.session_id)
-                .is_some_and(|seqs| seqs.contains(&event.seq))
-    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! constraints for uniqueness), and because sqlx serialises concurrent migrations with a
 //! PostgreSQL advisory lock taken before it even creates its bookkeeping table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,10 +16,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
+use super::blocks::{self, NewBlock, StoredBlock, seq_ranges};
 use super::models::{
     decode_end_reason, decode_port, decode_recording, decode_subject, decode_tls_mode,
-    duplicate_or_query, event_label, first_repeated, grant_label, is_foreign_key_violation, now,
-    seq_ranges, session_status_condition,
+    duplicate_or_query, grant_label, is_foreign_key_violation, now, session_status_condition,
 };
 use super::{
     Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingPolicy, RecordingSeal,
@@ -38,9 +38,9 @@ const MAX_CONNECTIONS: u32 = 8;
 /// client's login when the store is down).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Events per INSERT statement. Each binds 7 parameters, so 1,000 stay far below PostgreSQL's
-/// limit of 65,535 per statement while amortising the round trip over many rows.
-const EVENTS_PER_INSERT: usize = 1_000;
+/// Blocks per INSERT statement at most (the statement binds one array per column, whatever the
+/// number of blocks). Bounds the size of one statement: a block holds up to 1 MiB of bodies.
+const BLOCKS_PER_INSERT: usize = 64;
 
 /// Column lists, shared by the queries that return whole rows (macros, because `concat!` needs
 /// literals and `sqlx::query` needs a `&'static str`).
@@ -82,11 +82,6 @@ macro_rules! session_columns {
     };
 }
 
-macro_rules! event_columns {
-    () => {
-        "session_id, seq, at, kind, body, prev_hash, hash"
-    };
-}
 macro_rules! seal_columns {
     () => {
         "session_id, event_count, final_hash, signature, key_id, sealed_at"
@@ -103,16 +98,30 @@ impl PgStore {
     /// Connects to `url` (`postgres://USER@HOST:PORT/DB`) and runs the migrations. Safe to call
     /// from several processes at once on the same database.
     pub async fn open(url: &str) -> StoreResult<Self> {
+        let pool = Self::connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Like [`PgStore::open`], running the migrations up to `version` only: for tests of how a
+    /// later migration treats the data already there. Not for use with the gateway, whose
+    /// queries expect the latest schema.
+    #[doc(hidden)]
+    pub async fn open_at_migration(url: &str, version: i64) -> StoreResult<Self> {
+        let pool = Self::connect(url).await?;
+        MIGRATOR.run_to(version, &pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn connect(url: &str) -> StoreResult<PgPool> {
         let options =
             PgConnectOptions::from_str(url).map_err(|_| StoreError::BadUrl(url.to_string()))?;
-        let pool = PgPoolOptions::new()
+        PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
-            .map_err(StoreError::Connect)?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+            .map_err(StoreError::Connect)
     }
 }
 
@@ -138,7 +147,7 @@ fn target_from_row(row: &PgRow) -> StoreResult<Target> {
         ca_pem: row.try_get("ca_pem")?,
         upstream_user: row.try_get("upstream_user")?,
         upstream_secret_sealed: row.try_get("upstream_secret_sealed")?,
-        recording: decode_recording(row.try_get("recording")?)?,
+        recording: decode_recording("targets.recording", row.try_get("recording")?)?,
         record_max_rows: row.try_get("record_max_rows")?,
         record_max_result_bytes: row.try_get("record_max_result_bytes")?,
         enabled: row.try_get("enabled")?,
@@ -201,16 +210,21 @@ fn session_from_row(row: &PgRow) -> StoreResult<Session> {
     })
 }
 
-fn event_from_row(row: &PgRow) -> StoreResult<StoredEvent> {
-    Ok(StoredEvent {
-        session_id: row.try_get("session_id")?,
-        seq: row.try_get("seq")?,
-        at: row.try_get("at")?,
-        kind: row.try_get("kind")?,
+/// A row of [`READ_BLOCKS`]: a block, or (`probe`) only where the next one starts.
+fn block_from_row(row: &PgRow) -> StoreResult<Result<StoredBlock, i64>> {
+    let first_seq = row.try_get("first_seq")?;
+    if row.try_get("probe")? {
+        return Ok(Err(first_seq));
+    }
+    Ok(Ok(StoredBlock {
+        first_seq,
+        last_seq: row.try_get("last_seq")?,
+        kinds: row.try_get("kinds")?,
         body: row.try_get("body")?,
+        ats: row.try_get("ats")?,
         prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
+        hashes: row.try_get("hashes")?,
+    }))
 }
 
 fn seal_from_row(row: &PgRow) -> StoreResult<RecordingSeal> {
@@ -226,6 +240,103 @@ fn seal_from_row(row: &PgRow) -> StoreResult<RecordingSeal> {
 
 fn rows<T>(rows: Vec<PgRow>, decode: fn(&PgRow) -> StoreResult<T>) -> StoreResult<Vec<T>> {
     rows.iter().map(decode).collect()
+}
+
+// --- Recording blocks (see `blocks` and migrations/postgres/0005_recording_blocks.sql) ---
+//
+// Blocks of a session never overlap, so the block holding a seq is the one starting last at or
+// before it: one step down the primary key (session_id, first_seq), found by `ORDER BY first_seq
+// DESC LIMIT 1`. The queries below build on that.
+
+/// Locks the rows of the sessions a batch adds blocks to, in one order (no deadlock between
+/// two batches), until the transaction ends: a second gateway appending to the same session
+/// waits, and then sees the blocks of the first in its overlap check.
+const LOCK_SESSIONS: &str =
+    "SELECT 1 FROM sessions WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+
+/// Adds the blocks given as one array per column, unless one of them overlaps a stored block
+/// of its session (then none: the caller compares the rows inserted with the blocks given).
+/// One statement whatever the number of blocks, so PostgreSQL plans it once.
+const INSERT_BLOCKS: &str = "INSERT INTO recording_blocks (session_id, first_seq, last_seq, \
+     first_at, last_at, kinds, body, ats, prev_hash, hashes) \
+     SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::timestamptz[], \
+       $5::timestamptz[], $6::text[], $7::text[], $8::bytea[], $9::bytea[], $10::bytea[]) \
+     WHERE NOT EXISTS ( \
+       SELECT 1 FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) \
+         AS b (session_id, first_seq, last_seq) \
+       CROSS JOIN LATERAL (SELECT r.last_seq FROM recording_blocks r \
+         WHERE r.session_id = b.session_id AND r.first_seq <= b.last_seq \
+         ORDER BY r.first_seq DESC LIMIT 1) AS prior \
+       WHERE prior.last_seq >= b.first_seq)";
+
+/// The blocks of session `$1` holding events from seq `$2` on and starting before seq `$3`, in
+/// order, then (`probe`, without its content) the first block starting at or after `$3`: with no
+/// gaps, those blocks hold the events `$2 .. $3`, and the probe says whether, and where, the
+/// recording goes on after a gap.
+const READ_BLOCKS: &str = "(SELECT false AS probe, first_seq, last_seq, kinds, body, ats, \
+     prev_hash, hashes FROM recording_blocks \
+     WHERE session_id = $1 AND first_seq < $3 AND last_seq >= $2 AND first_seq >= COALESCE(\
+       (SELECT first_seq FROM recording_blocks WHERE session_id = $1 AND first_seq <= $2 \
+        ORDER BY first_seq DESC LIMIT 1), $2)) \
+     UNION ALL \
+     (SELECT true, first_seq, last_seq, NULL, NULL, NULL, NULL, NULL \
+       FROM recording_blocks WHERE session_id = $1 AND first_seq >= $3 \
+       ORDER BY first_seq LIMIT 1) \
+     ORDER BY first_seq";
+
+/// The seq ranges of the blocks of session `$1` holding any seq from `$2` to `$3`.
+const STORED_RANGES: &str = "SELECT first_seq, last_seq FROM recording_blocks \
+     WHERE session_id = $1 AND first_seq <= $3 AND last_seq >= $2 AND first_seq >= COALESCE(\
+       (SELECT first_seq FROM recording_blocks WHERE session_id = $1 AND first_seq <= $2 \
+        ORDER BY first_seq DESC LIMIT 1), $2)";
+
+/// What [`PgStore::insert_blocks`] found.
+enum Inserted {
+    All,
+    /// Nothing of the batch: a block overlaps a stored one.
+    Overlap,
+}
+
+impl PgStore {
+    async fn insert_blocks(
+        tx: &mut sqlx::PgConnection,
+        blocks: &[NewBlock<'_>],
+    ) -> Result<Inserted, sqlx::Error> {
+        let mut ids: Vec<Uuid> = blocks.iter().map(|b| b.session_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        sqlx::query(LOCK_SESSIONS)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in blocks.chunks(BLOCKS_PER_INSERT) {
+            let column = |f: fn(&NewBlock<'_>) -> i64| chunk.iter().map(f).collect::<Vec<_>>();
+            let done = sqlx::query(INSERT_BLOCKS)
+                .bind(chunk.iter().map(|b| b.session_id).collect::<Vec<_>>())
+                .bind(column(|b| b.first_seq))
+                .bind(column(|b| b.last_seq))
+                .bind(chunk.iter().map(|b| b.first_at).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|b| b.last_at).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|b| b.kinds.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|b| b.body.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|b| b.ats.as_slice()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|b| b.prev_hash).collect::<Vec<_>>())
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|b| b.hashes.as_slice())
+                        .collect::<Vec<_>>(),
+                )
+                .execute(&mut *tx)
+                .await?;
+            // Blocks of one batch do not overlap each other (checked before), so a chunk is
+            // stored whole or, overlapping a stored block, not at all.
+            if done.rows_affected() != chunk.len() as u64 {
+                return Ok(Inserted::Overlap);
+            }
+        }
+        Ok(Inserted::All)
+    }
 }
 
 /// Error paths of `append_events`. A failed batch is rolled back whole; these look at what is
@@ -249,31 +360,34 @@ impl PgStore {
         }
     }
 
+    /// The `Duplicate` error of a batch found to overlap itself or a stored block.
+    async fn overlapping_batch(&self, batch: &[StoredEvent]) -> StoreError {
+        match self.first_duplicate_event(batch).await {
+            Ok(Some(named)) => named,
+            Err(e) => e,
+            // The overlap was seen, so this takes a concurrent removal: name the first event.
+            Ok(None) => StoreError::Duplicate {
+                what: "event",
+                name: blocks::event_label(&batch[0]),
+            },
+        }
+    }
+
     async fn first_duplicate_event(
         &self,
         batch: &[StoredEvent],
     ) -> StoreResult<Option<StoreError>> {
         let mut stored = HashMap::new();
         for (session_id, (lowest, highest)) in seq_ranges(batch) {
-            let seqs: HashSet<i64> = sqlx::query_scalar(
-                "SELECT seq FROM recording_events \
-                 WHERE session_id = $1 AND seq BETWEEN $2 AND $3",
-            )
-            .bind(session_id)
-            .bind(lowest)
-            .bind(highest)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .collect();
-            stored.insert(session_id, seqs);
+            let ranges: Vec<(i64, i64)> = sqlx::query_as(STORED_RANGES)
+                .bind(session_id)
+                .bind(lowest)
+                .bind(highest)
+                .fetch_all(&self.pool)
+                .await?;
+            stored.insert(session_id, ranges);
         }
-        Ok(
-            first_repeated(batch, &stored).map(|event| StoreError::Duplicate {
-                what: "event",
-                name: event_label(event),
-            }),
-        )
+        Ok(blocks::duplicate(batch, &stored))
     }
 
     async fn first_unknown_session(
@@ -694,24 +808,19 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let blocks = blocks::blocks_of(batch)?;
+        if blocks::overlap_within(&blocks) {
+            return Err(self.overlapping_batch(batch).await);
+        }
         // One transaction for the whole batch: all of it is durable at the commit, or none.
         let mut tx = self.pool.begin().await?;
-        for chunk in batch.chunks(EVENTS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Postgres>::new(concat!(
-                "INSERT INTO recording_events (",
-                event_columns!(),
-                ") "
-            ));
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(event.session_id)
-                    .push_bind(event.seq)
-                    .push_bind(event.at)
-                    .push_bind(&event.kind)
-                    .push_bind(&event.body)
-                    .push_bind(&event.prev_hash)
-                    .push_bind(&event.hash);
-            });
-            if let Err(err) = insert.build().execute(&mut *tx).await {
+        match Self::insert_blocks(&mut tx, &blocks).await {
+            Ok(Inserted::All) => {}
+            Ok(Inserted::Overlap) => {
+                tx.rollback().await?;
+                return Err(self.overlapping_batch(batch).await);
+            }
+            Err(err) => {
                 tx.rollback().await?;
                 return Err(self.rejected_batch(batch, err).await);
             }
@@ -726,18 +835,32 @@ impl Store for PgStore {
         from_seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        // A range scan of the primary key (session_id, seq), already in seq order.
-        let all = sqlx::query(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM recording_events WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3"
-        ))
-        .bind(session_id)
-        .bind(from_seq)
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await?;
-        rows(all, event_from_row)
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let mut events = Vec::new();
+        let mut next = from_seq.max(0);
+        while events.len() < limit {
+            let wanted = (limit - events.len()) as i64;
+            let rows = sqlx::query(READ_BLOCKS)
+                .bind(session_id)
+                .bind(next)
+                .bind(next.saturating_add(wanted))
+                .fetch_all(&self.pool)
+                .await?;
+            let mut after_gap = None;
+            for row in &rows {
+                match block_from_row(row)? {
+                    Ok(block) => block.unpack_into(session_id, next, limit, &mut events)?,
+                    Err(first_seq) => after_gap = Some(first_seq),
+                }
+            }
+            // Short of `limit`: either the recording ends here, or blocks are missing and it
+            // goes on after the gap.
+            match after_gap {
+                Some(first_seq) if events.len() < limit => next = first_seq,
+                _ => break,
+            }
+        }
+        Ok(events)
     }
 
     async fn seal_recording(&self, seal: &RecordingSeal) -> StoreResult<()> {
@@ -865,13 +988,14 @@ impl Store for PgStore {
         filter: &SessionFilter,
         page: &SessionPage,
     ) -> StoreResult<Vec<SessionSummary>> {
-        // The event count is the newest seq + 1 (seqs have no gaps): one step down the primary
-        // key (session_id, seq), however long the recording.
+        // The event count is the newest seq + 1 (seqs have no gaps), the end of the block
+        // starting last: one step down the primary key (session_id, first_seq), however long
+        // the recording.
         let mut query = QueryBuilder::<Postgres>::new(concat!(
             "SELECT ",
             session_columns!(),
-            ", COALESCE((SELECT e.seq + 1 FROM recording_events e WHERE e.session_id = s.id \
-             ORDER BY e.seq DESC LIMIT 1), 0) AS event_count, \
+            ", COALESCE((SELECT b.last_seq + 1 FROM recording_blocks b \
+             WHERE b.session_id = s.id ORDER BY b.first_seq DESC LIMIT 1), 0) AS event_count, \
              EXISTS (SELECT 1 FROM recording_seals r WHERE r.session_id = s.id) AS sealed \
              FROM sessions s WHERE true"
         ));

@@ -4,7 +4,7 @@
 //! timestamps are bound as fixed-width UTC text with microseconds (see [`ts`]), never through
 //! sqlx's own `DateTime` encoding, whose width varies and would break text comparisons.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,10 +18,10 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
+use super::blocks::{self, NewBlock, StoredBlock, seq_ranges};
 use super::models::{
     decode_end_reason, decode_port, decode_recording, decode_subject, decode_tls_mode,
-    duplicate_or_query, event_label, first_repeated, grant_label, is_foreign_key_violation, now,
-    seq_ranges, session_status_condition,
+    duplicate_or_query, grant_label, is_foreign_key_violation, now, session_status_condition,
 };
 use super::{
     Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingPolicy, RecordingSeal,
@@ -34,9 +34,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 /// How long a connection waits for another writer before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Events per INSERT statement. Each binds 7 parameters, so 1,000 stay far below SQLite's
-/// limit of 32,766 per statement while amortising the statement's overhead over many rows.
-const EVENTS_PER_INSERT: usize = 1_000;
+/// Blocks per INSERT statement at most. Each binds 10 parameters, far below SQLite's limit of
+/// 32,766 per statement. Statements hold a power of two of blocks, so that a few prepared
+/// statements (cached by their text) serve every batch.
+const BLOCKS_PER_INSERT: usize = 32;
 
 /// Column lists, shared by the queries that return whole rows (macros, because `concat!` needs
 /// literals and `sqlx::query` needs a `&'static str`).
@@ -78,9 +79,9 @@ macro_rules! session_columns {
     };
 }
 
-macro_rules! event_columns {
+macro_rules! block_columns {
     () => {
-        "session_id, seq, at, kind, body, prev_hash, hash"
+        "session_id, first_seq, last_seq, first_at, last_at, kinds, body, ats, prev_hash, hashes"
     };
 }
 macro_rules! seal_columns {
@@ -99,6 +100,22 @@ impl SqliteStore {
     /// Opens (creating the file and its directory if needed) and migrates the database at
     /// `url` (`sqlite://PATH`, or `sqlite::memory:` for tests).
     pub async fn open(url: &str) -> StoreResult<Self> {
+        let pool = Self::connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Like [`SqliteStore::open`], running the migrations up to `version` only: for tests of how
+    /// a later migration treats the data already there. Not for use with the gateway, whose
+    /// queries expect the latest schema.
+    #[doc(hidden)]
+    pub async fn open_at_migration(url: &str, version: i64) -> StoreResult<Self> {
+        let pool = Self::connect(url).await?;
+        MIGRATOR.run_to(version, &pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn connect(url: &str) -> StoreResult<SqlitePool> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|_| StoreError::BadUrl(url.to_string()))?
             .create_if_missing(true)
@@ -110,12 +127,10 @@ impl SqliteStore {
             create_parent_dir(options.get_filename())?;
             create_private_file(options.get_filename())?;
         }
-        let pool = pool_options(in_memory)
+        pool_options(in_memory)
             .connect_with(options)
             .await
-            .map_err(StoreError::Connect)?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+            .map_err(StoreError::Connect)
     }
 }
 
@@ -208,7 +223,7 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
         ca_pem: row.try_get("ca_pem")?,
         upstream_user: row.try_get("upstream_user")?,
         upstream_secret_sealed: row.try_get("upstream_secret_sealed")?,
-        recording: decode_recording(row.try_get("recording")?)?,
+        recording: decode_recording("targets.recording", row.try_get("recording")?)?,
         record_max_rows: row.try_get("record_max_rows")?,
         record_max_result_bytes: row.try_get("record_max_result_bytes")?,
         enabled: row.try_get("enabled")?,
@@ -271,16 +286,21 @@ fn session_from_row(row: &SqliteRow) -> StoreResult<Session> {
     })
 }
 
-fn event_from_row(row: &SqliteRow) -> StoreResult<StoredEvent> {
-    Ok(StoredEvent {
-        session_id: row.try_get("session_id")?,
-        seq: row.try_get("seq")?,
-        at: row.try_get("at")?,
-        kind: row.try_get("kind")?,
+/// A row of [`READ_BLOCKS`]: a block, or (`probe`) only where the next one starts.
+fn block_from_row(row: &SqliteRow) -> StoreResult<Result<StoredBlock, i64>> {
+    let first_seq = row.try_get("first_seq")?;
+    if row.try_get("probe")? {
+        return Ok(Err(first_seq));
+    }
+    Ok(Ok(StoredBlock {
+        first_seq,
+        last_seq: row.try_get("last_seq")?,
+        kinds: row.try_get("kinds")?,
         body: row.try_get("body")?,
+        ats: row.try_get("ats")?,
         prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
+        hashes: row.try_get("hashes")?,
+    }))
 }
 
 fn seal_from_row(row: &SqliteRow) -> StoreResult<RecordingSeal> {
@@ -296,6 +316,93 @@ fn seal_from_row(row: &SqliteRow) -> StoreResult<RecordingSeal> {
 
 fn rows<T>(rows: Vec<SqliteRow>, decode: fn(&SqliteRow) -> StoreResult<T>) -> StoreResult<Vec<T>> {
     rows.iter().map(decode).collect()
+}
+
+// --- Recording blocks (see `blocks` and migrations/sqlite/0005_recording_blocks.sql) ---
+//
+// Blocks of a session never overlap, so the block holding a seq is the one starting last at or
+// before it: one step down the primary key (session_id, first_seq), found by `ORDER BY first_seq
+// DESC LIMIT 1`. The queries below build on that.
+
+/// Where the block starting last at or before a seq (`?2`) ends; none when no block does.
+const PRIOR_BLOCK_END: &str = "SELECT last_seq FROM recording_blocks \
+     WHERE session_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1";
+
+/// The blocks of session `?1` holding events from seq `?2` on and starting before seq `?3`, in
+/// order, then (`probe`, without its content) the first block starting at or after `?3`: with no
+/// gaps, those blocks hold the events `?2 .. ?3`, and the probe says whether, and where, the
+/// recording goes on after a gap.
+const READ_BLOCKS: &str = "SELECT 0 AS probe, first_seq, last_seq, kinds, body, ats, prev_hash, \
+     hashes FROM recording_blocks \
+     WHERE session_id = ?1 AND first_seq < ?3 AND last_seq >= ?2 AND first_seq >= COALESCE(\
+       (SELECT first_seq FROM recording_blocks WHERE session_id = ?1 AND first_seq <= ?2 \
+        ORDER BY first_seq DESC LIMIT 1), ?2) \
+     UNION ALL \
+     SELECT * FROM (SELECT 1, first_seq, last_seq, NULL, NULL, NULL, NULL, NULL \
+       FROM recording_blocks WHERE session_id = ?1 AND first_seq >= ?3 \
+       ORDER BY first_seq LIMIT 1) \
+     ORDER BY first_seq";
+
+/// The seq ranges of the blocks of session `?1` holding any seq from `?2` to `?3`.
+const STORED_RANGES: &str = "SELECT first_seq, last_seq FROM recording_blocks \
+     WHERE session_id = ?1 AND first_seq <= ?3 AND last_seq >= ?2 AND first_seq >= COALESCE(\
+       (SELECT first_seq FROM recording_blocks WHERE session_id = ?1 AND first_seq <= ?2 \
+        ORDER BY first_seq DESC LIMIT 1), ?2)";
+
+/// The largest power of two not above `n` (at least 1) nor [`BLOCKS_PER_INSERT`].
+fn insert_chunk(n: usize) -> usize {
+    let n = n.clamp(1, BLOCKS_PER_INSERT);
+    1 << n.ilog2()
+}
+
+impl SqliteStore {
+    /// Whether a block of `blocks` overlaps one stored.
+    async fn overlaps_stored(
+        tx: &mut sqlx::SqliteConnection,
+        blocks: &[NewBlock<'_>],
+    ) -> StoreResult<bool> {
+        for block in blocks {
+            let prior_end: Option<i64> = sqlx::query_scalar(PRIOR_BLOCK_END)
+                .bind(block.session_id)
+                .bind(block.last_seq)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if prior_end.is_some_and(|end| end >= block.first_seq) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn insert_blocks(
+        tx: &mut sqlx::SqliteConnection,
+        blocks: &[NewBlock<'_>],
+    ) -> Result<(), sqlx::Error> {
+        let mut rest = blocks;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(insert_chunk(rest.len()));
+            let mut insert = QueryBuilder::<Sqlite>::new(concat!(
+                "INSERT INTO recording_blocks (",
+                block_columns!(),
+                ") "
+            ));
+            insert.push_values(chunk, |mut row, block| {
+                row.push_bind(block.session_id)
+                    .push_bind(block.first_seq)
+                    .push_bind(block.last_seq)
+                    .push_bind(ts(block.first_at))
+                    .push_bind(ts(block.last_at))
+                    .push_bind(block.kinds.as_str())
+                    .push_bind(block.body.as_str())
+                    .push_bind(block.ats.as_slice())
+                    .push_bind(block.prev_hash)
+                    .push_bind(block.hashes.as_slice());
+            });
+            insert.build().execute(&mut *tx).await?;
+            rest = tail;
+        }
+        Ok(())
+    }
 }
 
 /// Error paths of `append_events`. A failed batch is rolled back whole; these look at what is
@@ -318,31 +425,34 @@ impl SqliteStore {
         }
     }
 
+    /// The `Duplicate` error of a batch found to overlap itself or a stored block.
+    async fn overlapping_batch(&self, batch: &[StoredEvent]) -> StoreError {
+        match self.first_duplicate_event(batch).await {
+            Ok(Some(named)) => named,
+            Err(e) => e,
+            // The overlap was seen, so this takes a concurrent removal: name the first event.
+            Ok(None) => StoreError::Duplicate {
+                what: "event",
+                name: blocks::event_label(&batch[0]),
+            },
+        }
+    }
+
     async fn first_duplicate_event(
         &self,
         batch: &[StoredEvent],
     ) -> StoreResult<Option<StoreError>> {
         let mut stored = HashMap::new();
         for (session_id, (lowest, highest)) in seq_ranges(batch) {
-            let seqs: HashSet<i64> = sqlx::query_scalar(
-                "SELECT seq FROM recording_events \
-                 WHERE session_id = ? AND seq BETWEEN ? AND ?",
-            )
-            .bind(session_id)
-            .bind(lowest)
-            .bind(highest)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .collect();
-            stored.insert(session_id, seqs);
+            let ranges: Vec<(i64, i64)> = sqlx::query_as(STORED_RANGES)
+                .bind(session_id)
+                .bind(lowest)
+                .bind(highest)
+                .fetch_all(&self.pool)
+                .await?;
+            stored.insert(session_id, ranges);
         }
-        Ok(
-            first_repeated(batch, &stored).map(|event| StoreError::Duplicate {
-                what: "event",
-                name: event_label(event),
-            }),
-        )
+        Ok(blocks::duplicate(batch, &stored))
     }
 
     async fn first_unknown_session(
@@ -760,27 +870,22 @@ impl Store for SqliteStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let blocks = blocks::blocks_of(batch)?;
+        if blocks::overlap_within(&blocks) {
+            return Err(self.overlapping_batch(batch).await);
+        }
         // One transaction for the whole batch: all of it is durable at the commit, or none.
-        let mut tx = self.pool.begin().await?;
-        for chunk in batch.chunks(EVENTS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(concat!(
-                "INSERT INTO recording_events (",
-                event_columns!(),
-                ") "
-            ));
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(event.session_id)
-                    .push_bind(event.seq)
-                    .push_bind(ts(event.at))
-                    .push_bind(&event.kind)
-                    .push_bind(&event.body)
-                    .push_bind(&event.prev_hash)
-                    .push_bind(&event.hash);
-            });
-            if let Err(err) = insert.build().execute(&mut *tx).await {
-                tx.rollback().await?;
-                return Err(self.rejected_batch(batch, err).await);
-            }
+        // IMMEDIATE takes the write lock at once, so no other writer adds a block between the
+        // overlap check and the inserts (and the check's reads need no upgrade to a write, which
+        // fails when another connection wrote in between).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if Self::overlaps_stored(&mut tx, &blocks).await? {
+            tx.rollback().await?;
+            return Err(self.overlapping_batch(batch).await);
+        }
+        if let Err(err) = Self::insert_blocks(&mut tx, &blocks).await {
+            tx.rollback().await?;
+            return Err(self.rejected_batch(batch, err).await);
         }
         tx.commit().await?;
         Ok(())
@@ -792,18 +897,32 @@ impl Store for SqliteStore {
         from_seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredEvent>> {
-        // A range scan of the primary key (session_id, seq), already in seq order.
-        let all = sqlx::query(concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM recording_events WHERE session_id = ? AND seq >= ? ORDER BY seq LIMIT ?"
-        ))
-        .bind(session_id)
-        .bind(from_seq)
-        .bind(limit.max(0))
-        .fetch_all(&self.pool)
-        .await?;
-        rows(all, event_from_row)
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let mut events = Vec::new();
+        let mut next = from_seq.max(0);
+        while events.len() < limit {
+            let wanted = (limit - events.len()) as i64;
+            let rows = sqlx::query(READ_BLOCKS)
+                .bind(session_id)
+                .bind(next)
+                .bind(next.saturating_add(wanted))
+                .fetch_all(&self.pool)
+                .await?;
+            let mut after_gap = None;
+            for row in &rows {
+                match block_from_row(row)? {
+                    Ok(block) => block.unpack_into(session_id, next, limit, &mut events)?,
+                    Err(first_seq) => after_gap = Some(first_seq),
+                }
+            }
+            // Short of `limit`: either the recording ends here, or blocks are missing and it
+            // goes on after the gap.
+            match after_gap {
+                Some(first_seq) if events.len() < limit => next = first_seq,
+                _ => break,
+            }
+        }
+        Ok(events)
     }
 
     async fn seal_recording(&self, seal: &RecordingSeal) -> StoreResult<()> {
@@ -931,13 +1050,14 @@ impl Store for SqliteStore {
         filter: &SessionFilter,
         page: &SessionPage,
     ) -> StoreResult<Vec<SessionSummary>> {
-        // The event count is the newest seq + 1 (seqs have no gaps): one step down the primary
-        // key (session_id, seq), however long the recording.
+        // The event count is the newest seq + 1 (seqs have no gaps), the end of the block
+        // starting last: one step down the primary key (session_id, first_seq), however long
+        // the recording.
         let mut query = QueryBuilder::<Sqlite>::new(concat!(
             "SELECT ",
             session_columns!(),
-            ", COALESCE((SELECT e.seq + 1 FROM recording_events e WHERE e.session_id = s.id \
-             ORDER BY e.seq DESC LIMIT 1), 0) AS event_count, \
+            ", COALESCE((SELECT b.last_seq + 1 FROM recording_blocks b \
+             WHERE b.session_id = s.id ORDER BY b.first_seq DESC LIMIT 1), 0) AS event_count, \
              EXISTS (SELECT 1 FROM recording_seals r WHERE r.session_id = s.id) AS sealed \
              FROM sessions s WHERE 1 = 1"
         ));
