@@ -100,6 +100,7 @@ impl PgStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let pool = Self::connect(url).await?;
         MIGRATOR.run(&pool).await?;
+        warn_if_commits_can_be_lost(&pool).await;
         Ok(Self { pool })
     }
 
@@ -122,6 +123,26 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(StoreError::Connect)
+    }
+}
+
+/// Strict recording promises that an event the client was answered for is stored; with
+/// `synchronous_commit = off` the server acknowledges commits before they are durable, so a
+/// crash of the store's server can lose the last ones. Said once, at open; a store that cannot
+/// say is not refused for it.
+async fn warn_if_commits_can_be_lost(pool: &PgPool) {
+    match sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+        .fetch_one(pool)
+        .await
+    {
+        Ok(setting) if setting == "off" => tracing::warn!(
+            "the store's PostgreSQL runs with synchronous_commit = off: a crash of its server can \
+             lose the last commits, so strict recording's promise that nothing acknowledged is \
+             lost does not hold; set synchronous_commit to on (or local, remote_write, \
+             remote_apply) for the store's database or role"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the store's synchronous_commit"),
     }
 }
 
