@@ -333,6 +333,7 @@ fn new_session(started_at: &str) -> NewSession {
         application_name: Some("psql".to_string()),
         tls_version: Some("TLSv1.3".to_string()),
         started_at: at(started_at),
+        recording: RecordingPolicy::Strict,
     }
 }
 
@@ -1039,7 +1040,8 @@ async fn revoked_since_includes_the_boundary_and_skips_older_and_unrevoked(
 // --- Sessions ---
 
 async fn session_start_and_end_round_trip_every_field(store: Arc<dyn Store>) -> Result<()> {
-    let started = new_session("2026-03-04T05:06:07.654321Z");
+    let mut started = new_session("2026-03-04T05:06:07.654321Z");
+    started.recording = RecordingPolicy::Off;
     store.insert_session(&started).await?;
 
     let open = store.session(started.id).await?.context("session")?;
@@ -1053,6 +1055,7 @@ async fn session_start_and_end_round_trip_every_field(store: Arc<dyn Store>) -> 
     assert_eq!(open.application_name, started.application_name);
     assert_eq!(open.tls_version, started.tls_version);
     assert_eq!(open.started_at, started.started_at);
+    assert_eq!(open.recording, RecordingPolicy::Off);
     assert_eq!(open.ended_at, None);
     assert_eq!(open.end_reason, None);
     assert_eq!(open.end_detail, None);
@@ -2019,8 +2022,8 @@ fn store_events_the_old_way(raw: &Raw<'_>, session_id: Uuid) -> Result<Vec<Store
     Ok(wanted)
 }
 
-/// After migration 0005: the old events read back exactly, and the recording goes on in
-/// blocks.
+/// After migration 0005: the old events read back exactly, the session counts as recorded
+/// `strict`, and the recording goes on in blocks.
 async fn old_events_read_back_the_same_in_blocks(
     store: Arc<dyn Store>,
     session_id: Uuid,
@@ -2028,6 +2031,8 @@ async fn old_events_read_back_the_same_in_blocks(
 ) -> Result<()> {
     assert_eq!(store.session_events(session_id, 0, 10).await?, wanted);
     assert_eq!(store.session_events(session_id, 1, 1).await?, wanted[1..2]);
+    let session = store.session(session_id).await?.context("session")?;
+    assert_eq!(session.recording, RecordingPolicy::Strict);
     let found = store
         .find_sessions(&SessionFilter::default(), &page(1))
         .await?;

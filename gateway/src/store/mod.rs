@@ -287,6 +287,7 @@ mod tests {
                 application_name: None,
                 tls_version: None,
                 started_at: models::now(),
+                recording: RecordingPolicy::Strict,
             })
             .await
             .unwrap();

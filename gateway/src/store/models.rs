@@ -246,6 +246,10 @@ pub struct NewSession {
     pub application_name: Option<String>,
     pub tls_version: Option<String>,
     pub started_at: DateTime<Utc>,
+    /// How the session is recorded: its target's policy when it started. Stored so that
+    /// `verify` can tell a session recorded with `off` (no events, rightly) from one whose
+    /// events were deleted.
+    pub recording: RecordingPolicy,
 }
 
 /// How a gateway session ended.
@@ -277,6 +281,9 @@ pub struct Session {
     pub end_detail: Option<String>,
     pub bytes_client_to_server: i64,
     pub bytes_server_to_client: i64,
+    /// How the session was recorded (see [`NewSession::recording`]); `strict` for sessions
+    /// stored before pgbastion kept it.
+    pub recording: RecordingPolicy,
 }
 
 /// Which sessions [`find_sessions`](super::Store::find_sessions) returns; every field narrows.

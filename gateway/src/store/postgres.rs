@@ -78,7 +78,7 @@ macro_rules! session_columns {
     () => {
         "id, person_login, target_id, target_name, db_role, credential_id, client_addr, \
          application_name, tls_version, started_at, ended_at, end_reason, end_detail, \
-         bytes_client_to_server, bytes_server_to_client"
+         bytes_client_to_server, bytes_server_to_client, recording"
     };
 }
 
@@ -228,6 +228,7 @@ fn session_from_row(row: &PgRow) -> StoreResult<Session> {
         end_detail: row.try_get("end_detail")?,
         bytes_client_to_server: row.try_get("bytes_client_to_server")?,
         bytes_server_to_client: row.try_get("bytes_server_to_client")?,
+        recording: decode_recording("sessions.recording", row.try_get("recording")?)?,
     })
 }
 
@@ -928,8 +929,8 @@ impl Store for PgStore {
     async fn insert_session(&self, session: &NewSession) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO sessions (id, person_login, target_id, target_name, db_role, \
-             credential_id, client_addr, application_name, tls_version, started_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             credential_id, client_addr, application_name, tls_version, started_at, recording) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(session.id)
         .bind(&session.person_login)
@@ -941,6 +942,7 @@ impl Store for PgStore {
         .bind(&session.application_name)
         .bind(&session.tls_version)
         .bind(session.started_at)
+        .bind(session.recording.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| duplicate_or_query(e, "session", session.id.to_string()))?;

@@ -76,7 +76,7 @@ macro_rules! session_columns {
     () => {
         "id, person_login, target_id, target_name, db_role, credential_id, client_addr, \
          application_name, tls_version, started_at, ended_at, end_reason, end_detail, \
-         bytes_client_to_server, bytes_server_to_client"
+         bytes_client_to_server, bytes_server_to_client, recording"
     };
 }
 
@@ -290,6 +290,7 @@ fn session_from_row(row: &SqliteRow) -> StoreResult<Session> {
         end_detail: row.try_get("end_detail")?,
         bytes_client_to_server: row.try_get("bytes_client_to_server")?,
         bytes_server_to_client: row.try_get("bytes_server_to_client")?,
+        recording: decode_recording("sessions.recording", row.try_get("recording")?)?,
     })
 }
 
@@ -976,8 +977,8 @@ impl Store for SqliteStore {
     async fn insert_session(&self, session: &NewSession) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO sessions (id, person_login, target_id, target_name, db_role, \
-             credential_id, client_addr, application_name, tls_version, started_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             credential_id, client_addr, application_name, tls_version, started_at, recording) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(session.id)
         .bind(&session.person_login)
@@ -989,6 +990,7 @@ impl Store for SqliteStore {
         .bind(&session.application_name)
         .bind(&session.tls_version)
         .bind(ts(session.started_at))
+        .bind(session.recording.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| duplicate_or_query(e, "session", session.id.to_string()))?;
