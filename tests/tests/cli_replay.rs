@@ -53,6 +53,7 @@ impl Installation {
                 application_name: Some("psql".into()),
                 tls_version: Some("TLSv1.3".into()),
                 started_at,
+                recording: gateway::store::RecordingPolicy::Strict,
             })
             .await?;
         let mut recording = Recording {

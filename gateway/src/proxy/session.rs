@@ -217,6 +217,7 @@ async fn run(
         application_name: startup.param("application_name").map(str::to_owned),
         tls_version: handshake::tls_version(&client),
         started_at: Utc::now(),
+        recording: target.recording,
     };
     if let Err(e) = shared.store.insert_session(&started).await {
         warn!(%peer, person = %credential.person_login, error = %e, "cannot store the session; refusing it");

@@ -264,6 +264,7 @@ mod tests {
             end_detail: None,
             bytes_client_to_server: 0,
             bytes_server_to_client: 0,
+            recording: gateway::store::RecordingPolicy::Strict,
         };
         let live = SessionSummary {
             session: session.clone(),

@@ -10,7 +10,7 @@ use gateway::record::chain::{
     ChainVerifier, RECORDING_KEY_FILE, RecordingKey, Verifier, VerifyReport, verify,
 };
 use gateway::record::export::read_jsonl;
-use gateway::store::{EndReason, Session, Store};
+use gateway::store::{EndReason, RecordingPolicy, Session, Store};
 use uuid::Uuid;
 
 use super::Ctx;
@@ -170,10 +170,22 @@ async fn verify_stored(
         return Ok(intact(&report));
     }
     let live = session.ended_at.is_none();
-    let never_relayed = session.end_reason == Some(EndReason::UpstreamFailed);
+    // Sessions that never relayed a message: the upstream login failed, or the recorder
+    // refused the session before its first statement (the gateway says so in the detail).
+    let never_relayed = session.end_reason == Some(EndReason::UpstreamFailed)
+        || (session.end_reason == Some(EndReason::Error)
+            && session
+                .end_detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("recording failed")));
+    if report.events == 0 && session.recording == RecordingPolicy::Off {
+        return Ok(format!(
+            "session {id}: not recorded (its target's recording policy was off)"
+        ));
+    }
     match (report.events, live, never_relayed) {
         (0, _, true) => Ok(format!(
-            "session {id}: no recording (it ended before reaching the target)"
+            "session {id}: no recording (it ended before any statement reached the target)"
         )),
         (n, true, _) => Ok(format!(
             "session {id}: {n} events so far, chain intact, live (sealed when it ends)"
@@ -272,6 +284,7 @@ mod tests {
                 application_name: None,
                 tls_version: None,
                 started_at: Utc::now(),
+                recording: gateway::store::RecordingPolicy::Strict,
             })
             .await
             .unwrap();
@@ -312,6 +325,25 @@ mod tests {
                 &key.key_id()[..16]
             )
         );
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_target_records_nothing_is_reported_not_failed() {
+        let scratch = Scratch::new();
+        let key = key(&scratch);
+        let (store, mut session) = store_with_session(&scratch, true).await;
+        session.recording = gateway::store::RecordingPolicy::Off;
+        let line = verify_stored(store.as_ref(), &session, &key.verifier())
+            .await
+            .unwrap();
+        assert!(line.ends_with("not recorded (its target's recording policy was off)"));
+        // The same empty session under strict recording is a failure: its events are gone.
+        session.recording = gateway::store::RecordingPolicy::Strict;
+        let err = verify_stored(store.as_ref(), &session, &key.verifier())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no events and no seal"), "{err}");
     }
 
     #[tokio::test]

@@ -85,6 +85,7 @@ async fn session(store: &Arc<dyn Store>, target: &Arc<Target>) -> SessionInfo {
             application_name: info.application_name.clone(),
             tls_version: info.tls_version.clone(),
             started_at: info.started_at,
+            recording: crate::store::RecordingPolicy::Strict,
         })
         .await
         .unwrap();

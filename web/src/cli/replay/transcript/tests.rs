@@ -32,6 +32,7 @@ fn session() -> Session {
         end_detail: None,
         bytes_client_to_server: 10,
         bytes_server_to_client: 20,
+        recording: gateway::store::RecordingPolicy::Strict,
     }
 }
 
