@@ -5,147 +5,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use gateway::store::{EndReason, Session};
+use gateway::store::EndReason;
+use harness::Lab;
 use harness::clients::{psql_with_env, tls_config, tokio_postgres_connect_with};
-use harness::pg::{self, PgCluster};
-use harness::{Bastion, ChildGuard};
-use serde_json::Value;
+use harness::pg;
 use tokio_postgres::NoTls;
-
-/// A cluster, a bastion serving in front of it, and one person, `alice`.
-struct Lab {
-    pg: PgCluster,
-    bastion: Bastion,
-    gateway: ChildGuard,
-}
-
-/// A credential as `token issue --format json` prints it.
-struct Issued {
-    token: String,
-    credential_id: String,
-    json: Value,
-}
-
-impl Lab {
-    fn start(env: &[(&str, &str)]) -> anyhow::Result<Lab> {
-        let pg = PgCluster::start()?;
-        let bastion = Bastion::with_env(env)?;
-        bastion.cli_ok(&["person", "add", "alice", "--group", "dev"])?;
-        let gateway = bastion.serve()?;
-        Ok(Lab {
-            pg,
-            bastion,
-            gateway,
-        })
-    }
-
-    /// Registers `name` pointing at the app database as `role`, with that role's password.
-    fn add_target(&self, name: &str, role: &str, tls: &str) -> anyhow::Result<()> {
-        let port = self.pg.port().to_string();
-        let mut args = vec![
-            "target",
-            "add",
-            name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--database",
-            pg::APP_DB,
-            "--user",
-            role,
-            "--tls",
-            tls,
-            "--password-env",
-            "UPSTREAM_SECRET",
-        ];
-        let ca = self.pg.ca_path().display().to_string();
-        if tls == "verify-full" {
-            args.extend(["--ca-file", &ca]);
-        }
-        let out = self
-            .bastion
-            .command(&args)
-            .env("UPSTREAM_SECRET", PgCluster::password(role))
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "target add failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-
-    fn grant(&self, target: &str, role: &str) -> anyhow::Result<()> {
-        self.bastion.cli_ok(&[
-            "grant", "add", "--target", target, "--person", "alice", "--role", role,
-        ])?;
-        Ok(())
-    }
-
-    fn issue(&self, target: &str, role: &str, extra: &[&str]) -> anyhow::Result<Issued> {
-        let mut args = vec![
-            "token", "issue", "--person", "alice", "--target", target, "--role", role, "--format",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.bastion.cli_ok(&args)?;
-        let json: Value = serde_json::from_str(out.trim())
-            .with_context(|| format!("token issue printed {out}"))?;
-        Ok(Issued {
-            token: json["token"].as_str().context("token")?.to_owned(),
-            credential_id: json["credential_id"]
-                .as_str()
-                .context("credential_id")?
-                .to_owned(),
-            json,
-        })
-    }
-
-    fn uri(&self, target: &str) -> String {
-        format!(
-            "postgresql://alice@127.0.0.1:{}/{target}?sslmode=require",
-            self.bastion.gateway_port
-        )
-    }
-
-    /// Runs SQL with psql through the gateway; Ok(stdout) or Err(stderr).
-    fn psql(&self, target: &str, token: &str, sql: &str) -> anyhow::Result<String> {
-        let out = psql_with_env(&self.uri(target), sql, &[("PGPASSWORD", token)])?;
-        if !out.status.success() {
-            bail!("{}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    async fn client(&self, target: &str, token: &str) -> anyhow::Result<tokio_postgres::Client> {
-        let conn = format!(
-            "host=127.0.0.1 port={} user=alice dbname={target} password={token} sslmode=require application_name=e2e",
-            self.bastion.gateway_port
-        );
-        let (client, _task) = tokio_postgres_connect_with(&conn, tls_config(None, None)?).await?;
-        Ok(client)
-    }
-
-    async fn sessions(&self) -> anyhow::Result<Vec<Session>> {
-        let store = gateway::store::open(&self.bastion.store_url()).await?;
-        Ok(store.list_sessions(100).await?)
-    }
-
-    /// Waits until the store shows `n` ended sessions (the gateway writes the end after close).
-    async fn ended_sessions(&self, n: usize) -> anyhow::Result<Vec<Session>> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let sessions = self.sessions().await?;
-            if sessions.iter().filter(|s| s.ended_at.is_some()).count() >= n
-                || Instant::now() > deadline
-            {
-                return Ok(sessions);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_upstream_login_method_and_tls_mode_works_through_psql() -> anyhow::Result<()> {
@@ -160,7 +24,7 @@ async fn every_upstream_login_method_and_tls_mode_works_through_psql() -> anyhow
         ("t_verify_full", pg::SSL_SCRAM_USER, "verify-full"),
     ];
     for (target, role, tls) in cases {
-        lab.add_target(target, role, tls)?;
+        lab.add_target(target, role, tls, &[])?;
         lab.grant(target, role)?;
         let issued = lab.issue(target, role, &[])?;
         let out = lab
@@ -182,7 +46,7 @@ async fn every_upstream_login_method_and_tls_mode_works_through_psql() -> anyhow
         assert_eq!(lines.next(), Some(upstream_tls), "{target}: upstream TLS");
     }
     // The psql command that token issue prints works as printed.
-    lab.add_target("printed", pg::SCRAM_USER, "disable")?;
+    lab.add_target("printed", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("printed", pg::SCRAM_USER)?;
     let issued = lab.issue("printed", pg::SCRAM_USER, &[])?;
     let uri = issued.json["uri"].as_str().context("uri")?;
@@ -204,7 +68,7 @@ async fn granted_role_identity_and_client_parameters_reach_the_server() -> anyho
         "create role app_ro login password 'app-ro-secret'; grant select on items to app_ro; \
          grant app_ro to scram_user;",
     )?;
-    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("shop", "app_ro")?;
     let issued = lab.issue("shop", "app_ro", &[])?;
     // No upstream login for app_ro yet: refused with a message an admin can act on.
@@ -297,7 +161,7 @@ async fn granted_role_identity_and_client_parameters_reach_the_server() -> anyho
 async fn relay_is_faithful_for_extended_protocol_copy_notify_notices_and_large_rows()
 -> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
-    lab.add_target("shop", pg::SCRAM_USER, "require")?;
+    lab.add_target("shop", pg::SCRAM_USER, "require", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     let client = lab.client("shop", &issued.token).await?;
@@ -368,7 +232,7 @@ async fn relay_is_faithful_for_extended_protocol_copy_notify_notices_and_large_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_and_server_parameter_changes_are_relayed() -> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
-    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     // psql prints asynchronous notifications it receives.
@@ -385,7 +249,7 @@ async fn listen_notify_and_server_parameter_changes_are_relayed() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_reaches_the_right_backend() -> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
-    lab.add_target("shop", pg::SCRAM_USER, "require")?;
+    lab.add_target("shop", pg::SCRAM_USER, "require", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     let client = lab.client("shop", &issued.token).await?;
@@ -414,7 +278,7 @@ async fn cancel_request_reaches_the_right_backend() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_credential_ends_its_live_sessions_within_seconds() -> anyhow::Result<()> {
     let lab = Lab::start(&[("PGBASTION_GATEWAY_REVOCATION_POLL_MILLIS", "200")])?;
-    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let doomed = lab.issue("shop", pg::SCRAM_USER, &[])?;
     let kept = lab.issue("shop", pg::SCRAM_USER, &[])?;
@@ -460,7 +324,7 @@ async fn revoking_a_credential_ends_its_live_sessions_within_seconds() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_stored_with_who_what_where_and_bytes() -> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
-    lab.add_target("shop", pg::SCRAM_USER, "require")?;
+    lab.add_target("shop", pg::SCRAM_USER, "require", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     lab.psql("shop", &issued.token, "select * from items")?;
@@ -524,7 +388,7 @@ async fn unreachable_or_refusing_upstream_gives_a_clear_error_and_is_recorded() 
         "the upstream address is not shown to the person: {err}"
     );
     // A wrong upstream password: the server refuses the gateway.
-    lab.add_target("wrongpw", pg::SCRAM_USER, "disable")?;
+    lab.add_target("wrongpw", pg::SCRAM_USER, "disable", &[])?;
     lab.bastion.cli_ok(&["target", "remove", "wrongpw"])?;
     let port = lab.pg.port().to_string();
     let out = lab
@@ -579,7 +443,7 @@ async fn unreachable_or_refusing_upstream_gives_a_clear_error_and_is_recorded() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_termination_reaches_the_client() -> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
-    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     let client = lab.client("shop", &issued.token).await?;
@@ -614,7 +478,7 @@ async fn pgbench_runs_in_simple_extended_and_prepared_modes() -> anyhow::Result<
     let lab = Lab::start(&[])?;
     lab.pg
         .psql(pg::APP_DB, "grant create on schema public to scram_user")?;
-    lab.add_target("bench", pg::SCRAM_USER, "disable")?;
+    lab.add_target("bench", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("bench", pg::SCRAM_USER)?;
     let issued = lab.issue("bench", pg::SCRAM_USER, &[])?;
     let pgbench = pg::postgres_bin_dir()?.join("pgbench");
@@ -652,7 +516,7 @@ async fn pgbench_runs_in_simple_extended_and_prepared_modes() -> anyhow::Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg_from_python_works_through_the_gateway() -> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
-    lab.add_target("shop", pg::SCRAM_USER, "require")?;
+    lab.add_target("shop", pg::SCRAM_USER, "require", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     let script = r#"
@@ -698,7 +562,7 @@ with psycopg.connect(os.environ["DSN"], password=os.environ["TOKEN"]) as conn:
 async fn client_vanishing_mid_query_ends_the_session_and_frees_the_server_backend()
 -> anyhow::Result<()> {
     let lab = Lab::start(&[])?;
-    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     let conn = format!(
@@ -740,7 +604,7 @@ async fn client_vanishing_mid_query_ends_the_session_and_frees_the_server_backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_sessions_then_ends_the_rest_with_a_fatal() -> anyhow::Result<()> {
     let mut lab = Lab::start(&[("PGBASTION_GATEWAY_SHUTDOWN_GRACE_SECS", "2")])?;
-    lab.add_target("shop", pg::SCRAM_USER, "disable")?;
+    lab.add_target("shop", pg::SCRAM_USER, "disable", &[])?;
     lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.issue("shop", pg::SCRAM_USER, &[])?;
     let leaving = lab.client("shop", &issued.token).await?;
