@@ -12,6 +12,9 @@ use crate::clients::{psql_with_env, tls_config, tokio_postgres_connect_with};
 use crate::pg::{self, PgCluster};
 use crate::{Bastion, ChildGuard};
 
+/// The database a store cluster made by [`Lab::start_with_pg_store`] keeps pgbastion's data in.
+pub const PG_STORE_DB: &str = "pgbastion";
+
 pub struct Lab {
     pub pg: PgCluster,
     pub bastion: Bastion,
@@ -41,6 +44,20 @@ impl Lab {
             bastion,
             gateway,
         })
+    }
+
+    /// Like [`Lab::start`] with pgbastion's store in a PostgreSQL cluster of its own, returned
+    /// so that tests can stop and start it.
+    pub fn start_with_pg_store(env: &[(&str, &str)]) -> anyhow::Result<(Lab, PgCluster)> {
+        let store = PgCluster::start()?;
+        // The harness runs clusters with synchronous_commit off, which loses the last commits
+        // when a server stops in immediate mode: a store must not.
+        store.alter_system("synchronous_commit", "on")?;
+        store.create_database(PG_STORE_DB)?;
+        let url = store.superuser_url(PG_STORE_DB);
+        let mut all = vec![("PGBASTION_STORE_URL", url.as_str())];
+        all.extend_from_slice(env);
+        Ok((Lab::start(&all)?, store))
     }
 
     /// Registers `name` pointing at the app database as `role` (with that role's password);

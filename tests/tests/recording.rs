@@ -181,21 +181,16 @@ async fn a_named_statement_reused_many_times_is_attributed_with_each_bind() -> a
     Ok(())
 }
 
-/// A lab whose store is a PostgreSQL cluster of its own, which tests stop and start.
-async fn lab_with_pg_store(extra: &[(&str, &str)]) -> anyhow::Result<(Lab, PgCluster)> {
-    let store = PgCluster::start()?;
-    // The harness runs clusters with synchronous_commit off, which loses the last commits when
-    // a server stops in immediate mode: a store must not.
-    store.alter_system("synchronous_commit", "on")?;
-    store.create_database("pgbastion")?;
-    let url = store.superuser_url("pgbastion");
-    let mut env = vec![
-        ("PGBASTION_STORE_URL", url.as_str()),
-        ("PGBASTION_RECORDING_COMMIT_TIMEOUT_MILLIS", "1000"),
-    ];
-    env.extend_from_slice(extra);
-    let lab = Lab::start(&env)?;
-    // A table the person may write, to see what really ran.
+/// A lab whose store is a PostgreSQL cluster of its own, which tests stop and start, with a
+/// table the person may write, to see what really ran.
+fn lab_with_pg_store() -> anyhow::Result<(Lab, PgCluster)> {
+    let (lab, store) =
+        Lab::start_with_pg_store(&[("PGBASTION_RECORDING_COMMIT_TIMEOUT_MILLIS", "1000")])?;
+    create_probe_table(&lab)?;
+    Ok((lab, store))
+}
+
+fn create_probe_table(lab: &Lab) -> anyhow::Result<()> {
     lab.pg.psql(
         pg::APP_DB,
         &format!(
@@ -203,7 +198,7 @@ async fn lab_with_pg_store(extra: &[(&str, &str)]) -> anyhow::Result<(Lab, PgClu
             pg::SCRAM_USER
         ),
     )?;
-    Ok((lab, store))
+    Ok(())
 }
 
 fn probe_rows(lab: &Lab) -> anyhow::Result<Vec<i32>> {
@@ -235,7 +230,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_target_refuses_a_statement_it_cannot_record_and_nothing_runs_unrecorded()
 -> anyhow::Result<()> {
-    let (lab, mut store) = lab_with_pg_store(&[]).await?;
+    let (lab, mut store) = lab_with_pg_store()?;
     let issued = lab.scram_target("prod", &["--recording", "strict"])?;
     let client = lab.client("prod", &issued.token).await?;
     client.execute("insert into probe values (1)", &[]).await?;
@@ -309,7 +304,7 @@ async fn strict_target_refuses_a_statement_it_cannot_record_and_nothing_runs_unr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_target_keeps_going_through_a_store_outage_and_loses_nothing() -> anyhow::Result<()>
 {
-    let (lab, mut store) = lab_with_pg_store(&[]).await?;
+    let (lab, mut store) = lab_with_pg_store()?;
     let issued = lab.scram_target("etl", &["--recording", "buffered"])?;
     let client = lab.client("etl", &issued.token).await?;
     client.execute("insert into probe values (0)", &[]).await?;
@@ -414,13 +409,7 @@ async fn off_target_records_the_session_but_no_statements() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_with_sigkill_loses_no_executed_statement() -> anyhow::Result<()> {
     let mut lab = Lab::start(&[])?;
-    lab.pg.psql(
-        pg::APP_DB,
-        &format!(
-            "create table probe (n int); grant all on probe to {}",
-            pg::SCRAM_USER
-        ),
-    )?;
+    create_probe_table(&lab)?;
     let issued = lab.scram_target("prod", &["--recording", "strict"])?;
     let client = lab.client("prod", &issued.token).await?;
     for n in 1..=300 {

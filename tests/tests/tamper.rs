@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail, ensure};
 use gateway::store::StoredEvent;
+use harness::lab::PG_STORE_DB;
 use harness::pg::PgCluster;
 use harness::{Issued, Lab};
 use uuid::Uuid;
@@ -22,9 +23,6 @@ enum Raw<'c> {
     Sqlite(PathBuf),
     Postgres(&'c PgCluster),
 }
-
-/// The database of the PostgreSQL store.
-const PG_STORE_DB: &str = "pgbastion";
 
 impl Raw<'_> {
     /// Runs one statement; returns its rows as lines of `|`-separated values.
@@ -291,21 +289,10 @@ async fn tampering_with_blocks_in_a_sqlite_store_fails_verify_naming_the_first_b
     tampering_is_found_and_the_first_bad_event_named(&lab, &Raw::Sqlite(path.into())).await
 }
 
-/// A lab whose store is a PostgreSQL cluster of its own (as in tests/tests/recording.rs).
-async fn lab_with_pg_store() -> anyhow::Result<(Lab, PgCluster)> {
-    let store = PgCluster::start()?;
-    // The harness runs clusters with synchronous_commit off; a store must not.
-    store.alter_system("synchronous_commit", "on")?;
-    store.create_database(PG_STORE_DB)?;
-    let url = store.superuser_url(PG_STORE_DB);
-    let lab = Lab::start(&[("PGBASTION_STORE_URL", url.as_str())])?;
-    Ok((lab, store))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_blocks_in_a_postgres_store_fails_verify_naming_the_first_bad_event()
 -> anyhow::Result<()> {
-    let (lab, store) = lab_with_pg_store().await?;
+    let (lab, store) = Lab::start_with_pg_store(&[])?;
     let outcome =
         tampering_is_found_and_the_first_bad_event_named(&lab, &Raw::Postgres(&store)).await;
     // The gateway stops before its store does.

@@ -151,7 +151,7 @@ impl Recorder for StoreRecorder {
                 format_version: FORMAT_VERSION,
             },
         };
-        let (progress, handover) = self.writer.start(s.session_id, policy, first)?;
+        let progress = self.writer.start(s.session_id, policy, first)?;
         Ok(Some(Box::new(StoreTap::new(
             policy,
             Capture::with_secrets(
@@ -159,7 +159,6 @@ impl Recorder for StoreRecorder {
                 self.settings.secrets.clone(),
             ),
             progress,
-            handover,
             self.writer.clone(),
         ))))
     }

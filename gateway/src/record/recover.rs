@@ -115,14 +115,14 @@ async fn recover_session(
             Chain::after(last).ok_or_else(|| mismatch("its last stored event is corrupt".into()))?
         }
     };
-    let mut stored_from_journal: BTreeMap<i64, StoredEvent> = BTreeMap::new();
+    let mut stored: BTreeMap<i64, StoredEvent> = BTreeMap::new();
     let mut from = first as i64;
     loop {
         let page = store.session_events(session_id, from, 1000).await?;
         let Some(last) = page.last() else { break };
         from = last.seq + 1;
         for e in page {
-            stored_from_journal.insert(e.seq, e);
+            stored.insert(e.seq, e);
         }
     }
     let mut missing = Vec::new();
@@ -136,7 +136,7 @@ async fn recover_session(
         }
         let event: Event = serde_json::from_str(&body)
             .map_err(|e| mismatch(format!("seq {seq} is not an event: {e}")))?;
-        match stored_from_journal.get(&(seq as i64)) {
+        match stored.get(&(seq as i64)) {
             Some(already) if already.body == body => {
                 chain = Chain::after(already)
                     .ok_or_else(|| mismatch(format!("stored seq {seq} is corrupt")))?;

@@ -29,8 +29,6 @@ pub(super) struct StoreTap {
     now: Option<DateTime<Utc>>,
     /// Under `strict`: the number of events that must be committed before the held chunk goes.
     wait_for: u64,
-    /// Whether hand-overs are journaled (durable at once) or wait for the store under strict.
-    journaled: bool,
     progress: Arc<Progress>,
     writer: WriterHandle,
 }
@@ -41,7 +39,6 @@ impl StoreTap {
         policy: RecordingPolicy,
         capture: Capture,
         progress: Arc<Progress>,
-        first: Handover,
         writer: WriterHandle,
     ) -> Self {
         StoreTap {
@@ -52,7 +49,6 @@ impl StoreTap {
             scratch: Vec::new(),
             now: None,
             wait_for: 0,
-            journaled: first == Handover::Journaled,
             progress,
             writer,
         }
@@ -101,8 +97,8 @@ impl SessionTap for StoreTap {
             return Err(RecordingFailed(UNHEALTHY.into()));
         }
         let handover = self.writer.submit(&self.progress, events, urgent)?;
-        self.journaled = handover == Handover::Journaled;
-        if urgent && !self.journaled {
+        // Journaled events are durable already; only in-memory ones make a strict chunk wait.
+        if urgent && handover == Handover::InMemory {
             self.wait_for = self.next_seq;
             Ok(Release::AfterCommit)
         } else {

@@ -168,14 +168,14 @@ impl WriterHandle {
         session_id: Uuid,
         policy: RecordingPolicy,
         first: Event,
-    ) -> Result<(Arc<Progress>, Handover), RecordingFailed> {
+    ) -> Result<Arc<Progress>, RecordingFailed> {
         let progress = Arc::new(Progress::new(session_id, policy));
         if policy == RecordingPolicy::Strict && !self.store_healthy() {
             return Err(RecordingFailed(UNHEALTHY.into()));
         }
         let strict = policy == RecordingPolicy::Strict;
-        let handover = self.submit(&progress, vec![first], strict)?;
-        Ok((progress, handover))
+        self.submit(&progress, vec![first], strict)?;
+        Ok(progress)
     }
 
     /// Whether the last commit succeeded.
@@ -374,17 +374,15 @@ impl Writer {
                 self.release_journal();
                 self.seal_ended().await;
             }
-            if closing
-                && self.backlog.is_empty()
-                && !self.has_unsealed_ends()
-                && self.inner.queue.lock().expect("queue lock").jobs.is_empty()
-            {
+            if closing && self.backlog.is_empty() && !self.has_unsealed_ends() {
                 let mut queue = self.inner.queue.lock().expect("queue lock");
-                let stored = queue.position;
-                if let Some(journal) = queue.journal.take() {
-                    journal.close(stored);
+                if queue.jobs.is_empty() {
+                    let stored = queue.position;
+                    if let Some(journal) = queue.journal.take() {
+                        journal.close(stored);
+                    }
+                    return 0;
                 }
-                return 0;
             }
         }
     }

@@ -101,6 +101,16 @@ fn settings() -> RecorderSettings {
     RecorderSettings::from_config(&config, std::path::Path::new("/nonexistent"))
 }
 
+/// Settings with a journal in the fixture's directory, and that directory.
+fn journaled(f: &Fixture) -> (RecorderSettings, std::path::PathBuf) {
+    let dir = f._dir.path().join("journal");
+    let settings = RecorderSettings {
+        journal_dir: Some(dir.clone()),
+        ..settings()
+    };
+    (settings, dir)
+}
+
 fn session_end() -> SessionEnd {
     SessionEnd {
         ended_at: Utc::now(),
@@ -243,7 +253,7 @@ async fn a_full_buffer_fails_the_session_instead_of_dropping_events() {
         at: Utc::now(),
         kind: crate::record::event::EventKind::Sync,
     };
-    let (progress, _) = handle
+    let progress = handle
         .start(info.session_id, RecordingPolicy::Buffered, event(0))
         .unwrap();
     handle
@@ -291,11 +301,7 @@ async fn the_writer_drains_everything_it_was_given_before_shutdown_returns() {
 #[tokio::test]
 async fn with_a_journal_strict_chunks_go_at_once_and_a_clean_stop_leaves_no_segment() {
     let f = fixture().await;
-    let journal_dir = f._dir.path().join("journal");
-    let settings = RecorderSettings {
-        journal_dir: Some(journal_dir.clone()),
-        ..settings()
-    };
+    let (settings, journal_dir) = journaled(&f);
     let recorder = StoreRecorder::start(f.store.clone(), f.key.clone(), &settings).unwrap();
     let info = session(&f.store, &target(RecordingPolicy::Strict)).await;
     let mut tap = recorder.start(&info).unwrap().unwrap();
@@ -327,11 +333,7 @@ async fn with_a_journal_strict_chunks_go_at_once_and_a_clean_stop_leaves_no_segm
 #[tokio::test]
 async fn what_a_killed_gateway_journaled_is_stored_ended_and_sealed_at_the_next_start() {
     let f = fixture().await;
-    let journal_dir = f._dir.path().join("journal");
-    let settings = RecorderSettings {
-        journal_dir: Some(journal_dir.clone()),
-        ..settings()
-    };
+    let (settings, journal_dir) = journaled(&f);
     let info = session(&f.store, &target(RecordingPolicy::Strict)).await;
     {
         // The writer never runs: as if the process died right after the hand-over.
@@ -351,17 +353,17 @@ async fn what_a_killed_gateway_journaled_is_stored_ended_and_sealed_at_the_next_
                 risks: vec![],
             },
         };
-        let (progress, handover) = handle
+        let progress = handle
             .start(info.session_id, RecordingPolicy::Strict, event(0, "start"))
             .unwrap();
-        assert_eq!(handover, Handover::Journaled);
-        handle
+        let handover = handle
             .submit(
                 &progress,
                 vec![event(1, "delete from t where id = 1")],
                 true,
             )
             .unwrap();
+        assert_eq!(handover, Handover::Journaled);
     }
     assert!(
         f.store
@@ -410,13 +412,9 @@ async fn what_a_killed_gateway_journaled_is_stored_ended_and_sealed_at_the_next_
 #[tokio::test]
 async fn a_full_disk_under_the_journal_ends_the_session_instead_of_forwarding() {
     let f = fixture().await;
-    let journal_dir = f._dir.path().join("journal");
+    let (settings, journal_dir) = journaled(&f);
     let mut journal = crate::record::journal::Journal::open(&journal_dir).unwrap();
     journal.simulate_full_disk();
-    let settings = RecorderSettings {
-        journal_dir: Some(journal_dir),
-        ..settings()
-    };
     let (_writer, handle) = writer(f.store.clone(), f.key.clone(), &settings, Some(journal));
     let info = session(&f.store, &target(RecordingPolicy::Buffered)).await;
     let event = Event {
