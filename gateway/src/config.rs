@@ -17,6 +17,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub credentials: CredentialConfig,
     pub console: ConsoleConfig,
+    pub oidc: OidcConfig,
     pub recording: RecordingConfig,
     pub log: LogConfig,
 }
@@ -72,7 +73,59 @@ pub struct CredentialConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsoleConfig {
+    /// Serve the web console (with `serve`).
+    pub enabled: bool,
     pub listen: SocketAddr,
+    /// The address people type into their browser, e.g. `https://bastion.example.com`; the
+    /// OpenID Connect redirect URI is built from it. Empty: `http://<listen>`.
+    pub public_url: String,
+    /// PEM certificate chain and key: serve the console over HTTPS. Without them the console
+    /// speaks plain HTTP, for loopback or behind a TLS-terminating proxy. Cookies are always
+    /// `Secure` (browsers accept that on http://127.0.0.1 and http://localhost).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Allow sign-in with local accounts (`pgbastion user add`).
+    pub local_login: bool,
+    /// A console session ends after this long without a request.
+    pub session_idle_secs: i64,
+    /// A console session ends this long after sign-in, active or not.
+    pub session_absolute_secs: i64,
+    /// Failed local sign-ins in a row before the account is locked for a while.
+    pub login_max_failures: i64,
+    /// How long the first lock lasts; each further failure while over the limit doubles it
+    /// (capped at a day).
+    pub login_lockout_secs: i64,
+}
+
+/// Sign-in through an OpenID Connect provider (authorization code flow with PKCE). Off while
+/// `issuer_url` is empty.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The provider's issuer, e.g. `https://login.example.com/realms/staff`; its discovery
+    /// document is read at start.
+    pub issuer_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Scopes asked for (`openid` is always asked).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub scopes: Vec<String>,
+    /// What the sign-in button says.
+    pub button_label: String,
+    /// Claims (from the ID token or userinfo) that give the login, email, name and groups.
+    pub login_claim: String,
+    pub email_claim: String,
+    pub name_claim: String,
+    pub groups_claim: String,
+    /// Groups whose members get each console role. Someone in none of them cannot sign in.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub user_groups: Vec<String>,
+    #[serde(deserialize_with = "list_or_commas")]
+    pub approver_groups: Vec<String>,
+    #[serde(deserialize_with = "list_or_commas")]
+    pub auditor_groups: Vec<String>,
+    #[serde(deserialize_with = "list_or_commas")]
+    pub admin_groups: Vec<String>,
 }
 
 /// Defaults for every target's recording (a target may set its own row caps and policy), and the
@@ -147,6 +200,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             credentials: CredentialConfig::default(),
             console: ConsoleConfig::default(),
+            oidc: OidcConfig::default(),
             recording: RecordingConfig::default(),
             log: LogConfig::default(),
         }
@@ -186,7 +240,54 @@ impl Default for CredentialConfig {
 impl Default for ConsoleConfig {
     fn default() -> Self {
         ConsoleConfig {
+            enabled: true,
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            public_url: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            local_login: true,
+            session_idle_secs: 30 * 60,
+            session_absolute_secs: 12 * 3600,
+            login_max_failures: 5,
+            login_lockout_secs: 60,
+        }
+    }
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer_url: String::new(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            scopes: ["openid", "email", "profile", "groups"]
+                .map(String::from)
+                .to_vec(),
+            button_label: "Sign in with your company account".into(),
+            login_claim: "preferred_username".into(),
+            email_claim: "email".into(),
+            name_claim: "name".into(),
+            groups_claim: "groups".into(),
+            user_groups: Vec::new(),
+            approver_groups: Vec::new(),
+            auditor_groups: Vec::new(),
+            admin_groups: Vec::new(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// Where browsers reach the console, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        if self.public_url.is_empty() {
+            let scheme = if self.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", self.listen)
+        } else {
+            self.public_url.trim_end_matches('/').to_string()
         }
     }
 }
@@ -285,6 +386,7 @@ const SECTIONS: &[&str] = &[
     "gateway",
     "credentials",
     "console",
+    "oidc",
     "recording",
     "log",
 ];
@@ -491,6 +593,7 @@ impl Config {
                 message: "set both gateway.tls_cert and gateway.tls_key, or neither".into(),
             });
         }
+        self.validate_console()?;
         let c = &self.credentials;
         if c.default_lifetime_secs <= 0 {
             return Err(ConfigError::Value {
@@ -535,6 +638,78 @@ impl Config {
             return Err(ConfigError::Value {
                 key: "data_dir",
                 message: "must not be empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_console(&self) -> Result<(), ConfigError> {
+        let c = &self.console;
+        for (key, value) in [
+            ("console.session_idle_secs", c.session_idle_secs),
+            ("console.session_absolute_secs", c.session_absolute_secs),
+            ("console.login_max_failures", c.login_max_failures),
+            ("console.login_lockout_secs", c.login_lockout_secs),
+        ] {
+            if value <= 0 {
+                return Err(ConfigError::Value {
+                    key,
+                    message: "must be greater than 0".into(),
+                });
+            }
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(ConfigError::Value {
+                key: "console.tls_cert",
+                message: "set both console.tls_cert and console.tls_key, or neither".into(),
+            });
+        }
+        if !(c.public_url.is_empty()
+            || c.public_url.starts_with("http://")
+            || c.public_url.starts_with("https://"))
+        {
+            return Err(ConfigError::Value {
+                key: "console.public_url",
+                message: format!("'{}' is not an http:// or https:// URL", c.public_url),
+            });
+        }
+        let o = &self.oidc;
+        if !o.issuer_url.is_empty() {
+            if !(o.issuer_url.starts_with("https://") || o.issuer_url.starts_with("http://")) {
+                return Err(ConfigError::Value {
+                    key: "oidc.issuer_url",
+                    message: format!("'{}' is not an http(s) URL", o.issuer_url),
+                });
+            }
+            if o.client_id.is_empty() {
+                return Err(ConfigError::Value {
+                    key: "oidc.client_id",
+                    message: "must be set when oidc.issuer_url is".into(),
+                });
+            }
+            let mapped = [
+                &o.user_groups,
+                &o.approver_groups,
+                &o.auditor_groups,
+                &o.admin_groups,
+            ];
+            if mapped.iter().all(|groups| groups.is_empty()) {
+                return Err(ConfigError::Value {
+                    key: "oidc.user_groups",
+                    message: "no group maps to any console role, so nobody could sign in; set \
+                              oidc.user_groups (and approver_groups, auditor_groups, \
+                              admin_groups)"
+                        .into(),
+                });
+            }
+        }
+        if !c.local_login && o.issuer_url.is_empty() && c.enabled {
+            return Err(ConfigError::Value {
+                key: "console.local_login",
+                message: "with local sign-in off, set oidc.issuer_url, or nobody can sign in"
+                    .into(),
             });
         }
         Ok(())

@@ -254,8 +254,20 @@ impl SecretBox {
         })
     }
 
-    /// Encrypts `plaintext` under a fresh random nonce.
+    /// Encrypts an upstream secret under a fresh random nonce.
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_for(SEALED_AAD, plaintext)
+    }
+
+    /// Decrypts what [`SecretBox::seal`] produced; refuses anything altered or sealed under
+    /// another key.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.open_for(SEALED_AAD, sealed)
+    }
+
+    /// Like [`SecretBox::seal`] for another purpose (e.g. a browser's pending sign-in), bound to
+    /// it: what was sealed for one purpose does not open for another.
+    pub fn seal_for(&self, purpose: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ciphertext = self
@@ -264,7 +276,7 @@ impl SecretBox {
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: plaintext,
-                    aad: SEALED_AAD,
+                    aad: purpose,
                 },
             )
             .expect("ChaCha20-Poly1305 encryption only fails past 256 GiB");
@@ -275,9 +287,8 @@ impl SecretBox {
         sealed
     }
 
-    /// Decrypts what [`SecretBox::seal`] produced; refuses anything altered or sealed under
-    /// another key.
-    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// Opens what [`SecretBox::seal_for`] sealed for `purpose`.
+    pub fn open_for(&self, purpose: &[u8], sealed: &[u8]) -> Result<Vec<u8>, KeyError> {
         let (&version, rest) = sealed
             .split_first()
             .ok_or(KeyError::BadSealed("it is empty"))?;
@@ -295,7 +306,7 @@ impl SecretBox {
                 Nonce::from_slice(nonce),
                 Payload {
                     msg: ciphertext,
-                    aad: SEALED_AAD,
+                    aad: purpose,
                 },
             )
             .map_err(|_| KeyError::WrongSecretKey {

@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod clients;
 pub mod lab;
+pub mod oidc;
 pub mod pg;
 pub mod pgbastion;
 pub mod ports;
@@ -19,6 +20,7 @@ pub mod serverlog;
 pub use certs::{IssuedCert, TestCa};
 pub use clients::{psql, tokio_postgres_connect};
 pub use lab::{Issued, Lab};
+pub use oidc::OidcProvider;
 pub use pg::PgCluster;
 pub use pgbastion::{Bastion, pgbastion_bin};
 pub use ports::free_port;

@@ -295,6 +295,7 @@ fn grant(subject: GrantSubject, target_id: Uuid, db_role: &str) -> NewGrant {
         target_id,
         db_role: db_role.to_string(),
         max_lifetime_secs: 3600,
+        requires_approval: false,
     }
 }
 

@@ -1,1 +1,7 @@
-//! pgbastion console (filled by the console issue).
+//! The pgbastion web console, and what it shares with the `pgbastion` command.
+//!
+//! - [`console`]: the web console (axum): sign-in, access requests, credentials, admin pages.
+//! - [`connection`]: the ready-to-paste ways to connect with a credential.
+
+pub mod connection;
+pub mod console;

@@ -291,6 +291,7 @@ impl FakeStore {
                 target_name: target.name.clone(),
                 db_role: role.to_string(),
                 max_lifetime_secs: *max,
+                requires_approval: false,
                 created_at: Utc::now(),
             })
             .collect();
@@ -307,6 +308,84 @@ impl FakeStore {
             grants,
             credentials: Mutex::default(),
         }
+    }
+}
+
+/// `issue` never touches the console's tables.
+#[async_trait]
+impl crate::store::ConsoleStore for FakeStore {
+    async fn insert_local_account(&self, _: &LocalAccount) -> StoreResult<()> {
+        unreachable!("console table")
+    }
+    async fn local_account(&self, _: &str) -> StoreResult<Option<LocalAccount>> {
+        unreachable!("console table")
+    }
+    async fn list_local_accounts(&self) -> StoreResult<Vec<LocalAccount>> {
+        unreachable!("console table")
+    }
+    async fn set_local_password(&self, _: &str, _: &str) -> StoreResult<()> {
+        unreachable!("console table")
+    }
+    async fn set_local_roles(&self, _: &str, _: &[String]) -> StoreResult<()> {
+        unreachable!("console table")
+    }
+    async fn record_local_failure(&self, _: &str, _: Option<DateTime<Utc>>) -> StoreResult<i64> {
+        unreachable!("console table")
+    }
+    async fn record_local_success(&self, _: &str) -> StoreResult<()> {
+        unreachable!("console table")
+    }
+    async fn insert_console_session(&self, _: &ConsoleSession) -> StoreResult<()> {
+        unreachable!("console table")
+    }
+    async fn console_session(&self, _: &[u8]) -> StoreResult<Option<ConsoleSession>> {
+        unreachable!("console table")
+    }
+    async fn touch_console_session(&self, _: &[u8], _: DateTime<Utc>) -> StoreResult<()> {
+        unreachable!("console table")
+    }
+    async fn end_console_session(&self, _: &[u8], _: DateTime<Utc>) -> StoreResult<bool> {
+        unreachable!("console table")
+    }
+    async fn end_console_sessions_of(&self, _: &str, _: DateTime<Utc>) -> StoreResult<u64> {
+        unreachable!("console table")
+    }
+    async fn insert_access_request(&self, _: &AccessRequest) -> StoreResult<()> {
+        unreachable!("console table")
+    }
+    async fn access_request(&self, _: Uuid) -> StoreResult<Option<AccessRequest>> {
+        unreachable!("console table")
+    }
+    async fn list_access_requests(&self, _: &RequestFilter) -> StoreResult<Vec<AccessRequest>> {
+        unreachable!("console table")
+    }
+    async fn decide_access_request(
+        &self,
+        _: Uuid,
+        _: Decision,
+        _: &str,
+        _: Option<&str>,
+        _: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        unreachable!("console table")
+    }
+    async fn mark_request_issued(&self, _: Uuid, _: RequestStatus, _: Uuid) -> StoreResult<bool> {
+        unreachable!("console table")
+    }
+    async fn cancel_access_request(&self, _: Uuid, _: &str) -> StoreResult<bool> {
+        unreachable!("console table")
+    }
+    async fn append_audit(&self, _: &NewAuditEntry) -> StoreResult<AuditEntry> {
+        unreachable!("console table")
+    }
+    async fn list_audit(&self, _: Option<i64>, _: i64) -> StoreResult<Vec<AuditEntry>> {
+        unreachable!("console table")
+    }
+    async fn edit_target(&self, _: Uuid, _: &TargetEdit) -> StoreResult<Target> {
+        unreachable!("console table")
+    }
+    async fn set_grant_approval(&self, _: Uuid, _: bool) -> StoreResult<()> {
+        unreachable!("console table")
     }
 }
 

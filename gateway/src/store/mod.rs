@@ -6,6 +6,7 @@
 //! (`tests/tests/store.rs`) runs against both.
 
 mod blocks;
+pub mod console;
 pub mod models;
 pub mod postgres;
 pub mod sqlite;
@@ -18,6 +19,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+pub use console::{
+    AccessRequest, AuditEntry, AuthMethod, ConsoleSession, ConsoleStore, Decision, LocalAccount,
+    NewAuditEntry, RequestFilter, RequestStatus, TargetEdit,
+};
 pub use models::*;
 
 /// Errors of the store layer.
@@ -42,9 +47,9 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything pgbastion keeps. Implementations must be safe to share between tasks and between
-/// several gateway processes (PostgreSQL engine).
+/// several gateway processes (PostgreSQL engine). The console's tables are in [`ConsoleStore`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ConsoleStore + Send + Sync + 'static {
     /// Which engine this is ("sqlite" or "postgres"), for logs and `status`.
     fn engine(&self) -> &'static str;
 

@@ -167,6 +167,8 @@ pub struct Grant {
     pub db_role: String,
     /// Upper bound on the lifetime of credentials minted under this grant.
     pub max_lifetime_secs: i64,
+    /// A credential under this grant needs a second person's approval (console requests).
+    pub requires_approval: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -176,6 +178,7 @@ pub struct NewGrant {
     pub target_id: Uuid,
     pub db_role: String,
     pub max_lifetime_secs: i64,
+    pub requires_approval: bool,
 }
 
 /// A minted credential (the token itself is never stored, only what it says).

@@ -64,7 +64,7 @@ macro_rules! target_login_columns {
 macro_rules! grant_select {
     () => {
         "SELECT g.id, g.subject_kind, g.subject_name, g.target_id, t.name AS target_name, \
-         g.db_role, g.max_lifetime_secs, g.created_at \
+         g.db_role, g.max_lifetime_secs, g.requires_approval, g.created_at \
          FROM grants g JOIN targets t ON t.id = g.target_id "
     };
 }
@@ -91,7 +91,7 @@ macro_rules! seal_columns {
 /// The store in a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PgStore {
@@ -193,6 +193,7 @@ fn grant_from_row(row: &PgRow) -> StoreResult<Grant> {
         target_name: row.try_get("target_name")?,
         db_role: row.try_get("db_role")?,
         max_lifetime_secs: row.try_get("max_lifetime_secs")?,
+        requires_approval: row.try_get("requires_approval")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -260,7 +261,10 @@ fn seal_from_row(row: &PgRow) -> StoreResult<RecordingSeal> {
     })
 }
 
-fn rows<T>(rows: Vec<PgRow>, decode: fn(&PgRow) -> StoreResult<T>) -> StoreResult<Vec<T>> {
+pub(super) fn rows<T>(
+    rows: Vec<PgRow>,
+    decode: fn(&PgRow) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
     rows.iter().map(decode).collect()
 }
 
@@ -677,11 +681,12 @@ impl Store for PgStore {
             target_name: target.name,
             db_role: grant.db_role.clone(),
             max_lifetime_secs: grant.max_lifetime_secs,
+            requires_approval: grant.requires_approval,
             created_at: now(),
         };
         sqlx::query(
             "INSERT INTO grants (id, subject_kind, subject_name, target_id, db_role, \
-             max_lifetime_secs, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             max_lifetime_secs, created_at, requires_approval) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(created.id)
         .bind(created.subject.kind())
@@ -690,6 +695,7 @@ impl Store for PgStore {
         .bind(&created.db_role)
         .bind(created.max_lifetime_secs)
         .bind(created.created_at)
+        .bind(created.requires_approval)
         .execute(&self.pool)
         .await
         .map_err(|e| {

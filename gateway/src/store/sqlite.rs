@@ -62,7 +62,7 @@ macro_rules! target_login_columns {
 macro_rules! grant_select {
     () => {
         "SELECT g.id, g.subject_kind, g.subject_name, g.target_id, t.name AS target_name, \
-         g.db_role, g.max_lifetime_secs, g.created_at \
+         g.db_role, g.max_lifetime_secs, g.requires_approval, g.created_at \
          FROM grants g JOIN targets t ON t.id = g.target_id "
     };
 }
@@ -94,7 +94,7 @@ macro_rules! seal_columns {
 /// The store in a SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -196,11 +196,11 @@ fn create_private_file(file: &Path) -> StoreResult<()> {
 /// The stored form of a timestamp: UTC, exactly six fractional digits, 'Z'. Fixed width, so
 /// text order is time order; microseconds, the precision PostgreSQL keeps, so both engines
 /// return the same value.
-fn ts(t: DateTime<Utc>) -> String {
+pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-fn groups_json(groups: &[String]) -> String {
+pub(super) fn groups_json(groups: &[String]) -> String {
     serde_json::Value::from(groups).to_string()
 }
 
@@ -255,6 +255,7 @@ fn grant_from_row(row: &SqliteRow) -> StoreResult<Grant> {
         target_name: row.try_get("target_name")?,
         db_role: row.try_get("db_role")?,
         max_lifetime_secs: row.try_get("max_lifetime_secs")?,
+        requires_approval: row.try_get("requires_approval")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -322,7 +323,10 @@ fn seal_from_row(row: &SqliteRow) -> StoreResult<RecordingSeal> {
     })
 }
 
-fn rows<T>(rows: Vec<SqliteRow>, decode: fn(&SqliteRow) -> StoreResult<T>) -> StoreResult<Vec<T>> {
+pub(super) fn rows<T>(
+    rows: Vec<SqliteRow>,
+    decode: fn(&SqliteRow) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
     rows.iter().map(decode).collect()
 }
 
@@ -725,11 +729,12 @@ impl Store for SqliteStore {
             target_name: target.name,
             db_role: grant.db_role.clone(),
             max_lifetime_secs: grant.max_lifetime_secs,
+            requires_approval: grant.requires_approval,
             created_at: now(),
         };
         sqlx::query(
             "INSERT INTO grants (id, subject_kind, subject_name, target_id, db_role, \
-             max_lifetime_secs, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             max_lifetime_secs, created_at, requires_approval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(created.id)
         .bind(created.subject.kind())
@@ -738,6 +743,7 @@ impl Store for SqliteStore {
         .bind(&created.db_role)
         .bind(created.max_lifetime_secs)
         .bind(ts(created.created_at))
+        .bind(created.requires_approval)
         .execute(&self.pool)
         .await
         .map_err(|e| {

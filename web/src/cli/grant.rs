@@ -42,6 +42,10 @@ pub enum GrantCommand {
         /// Longest lifetime of a token under this grant (90s, 30m, 8h, 1d).
         #[arg(long, default_value = "8h", value_parser = parse_secs)]
         max_lifetime: i64,
+        /// Credentials requested in the console under this grant wait for a second person's
+        /// approval.
+        #[arg(long)]
+        requires_approval: bool,
     },
     /// List grants, all or those of one target.
     #[command(
@@ -74,6 +78,7 @@ pub async fn run(cmd: GrantCommand, ctx: &Ctx) -> anyhow::Result<()> {
             group,
             role,
             max_lifetime,
+            requires_approval,
         } => {
             let target = find_target(ctx, &target).await?;
             let subject = match (person, group) {
@@ -95,6 +100,7 @@ pub async fn run(cmd: GrantCommand, ctx: &Ctx) -> anyhow::Result<()> {
                     target_id: target.id,
                     db_role: role,
                     max_lifetime_secs: max_lifetime,
+                    requires_approval,
                 })
                 .await?;
             println!(
@@ -105,6 +111,9 @@ pub async fn run(cmd: GrantCommand, ctx: &Ctx) -> anyhow::Result<()> {
                 grant.target_name,
                 format_secs(grant.max_lifetime_secs)
             );
+            if grant.requires_approval {
+                println!("credentials under it need an approver's approval in the console");
+            }
             if !has_upstream_login(ctx, &target, &grant.db_role).await? {
                 eprintln!("{}", missing_login_warning(&target.name, &grant.db_role));
             }
@@ -126,12 +135,21 @@ pub async fn run(cmd: GrantCommand, ctx: &Ctx) -> anyhow::Result<()> {
                         g.target_name,
                         g.db_role,
                         format_secs(g.max_lifetime_secs),
+                        if g.requires_approval { "yes" } else { "no" }.to_string(),
                         time(g.created_at),
                     ]
                 })
                 .collect();
             print_table(
-                &["ID", "WHO", "TARGET", "ROLE", "MAX LIFETIME", "CREATED"],
+                &[
+                    "ID",
+                    "WHO",
+                    "TARGET",
+                    "ROLE",
+                    "MAX LIFETIME",
+                    "APPROVAL",
+                    "CREATED",
+                ],
                 &rows,
             );
         }

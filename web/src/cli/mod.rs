@@ -9,6 +9,7 @@ mod serve;
 mod sessions;
 mod target;
 mod token;
+mod user;
 mod verify;
 
 use std::io::IsTerminal;
@@ -53,10 +54,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway.
+    /// Run the gateway and the web console.
     #[command(
-        long_about = "Run the gateway: create the data directory and keys if needed, \
-                            migrate the store, and accept connections until SIGINT or SIGTERM.\n\n\
+        long_about = "Run the gateway and the web console: create the data directory and \
+                            keys if needed, migrate the store, and accept connections until \
+                            SIGINT or SIGTERM. The console listens on console.listen \
+                            (127.0.0.1:8080); `pgbastion user add NAME --admin` makes a first \
+                            account.\n\n\
                             Example:\n  pgbastion serve --config /etc/pgbastion.toml"
     )]
     Serve,
@@ -71,6 +75,9 @@ pub enum Command {
     /// Add and list people.
     #[command(subcommand)]
     Person(person::PersonCommand),
+    /// Local console accounts (bootstrap and break-glass sign-in).
+    #[command(subcommand)]
+    User(user::UserCommand),
     /// Add, list and remove target databases and their upstream logins.
     #[command(subcommand)]
     Target(target::TargetCommand),
@@ -112,6 +119,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Person(cmd) => person::run(cmd, &Ctx::open(config).await?).await,
+        Command::User(cmd) => user::run(cmd, &Ctx::open(config).await?).await,
         Command::Target(cmd) => target::run(cmd, &Ctx::open(config).await?).await,
         Command::Grant(cmd) => grant::run(cmd, &Ctx::open(config).await?).await,
         Command::Token(cmd) => token::run(cmd, &Ctx::open(config).await?).await,

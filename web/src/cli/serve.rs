@@ -11,6 +11,7 @@ use gateway::record::chain::{RECORDING_KEY_FILE, RecordingKey};
 use gateway::record::recover::recover;
 use gateway::record::{RecorderSettings, StoreRecorder};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let ctx = super::Ctx::open(config).await?;
@@ -64,15 +65,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.display()
     );
 
+    let signer = Arc::new(signer);
+    let secrets = Arc::new(secrets);
+    let stop = CancellationToken::new();
+    let console = if config.console.enabled {
+        let app = web::console::AppState::new(
+            Arc::new(config.clone()),
+            ctx.store.clone(),
+            signer.clone(),
+            secrets.clone(),
+        )
+        .await?;
+        Some(tokio::spawn(run_console(app, stop.clone())))
+    } else {
+        None
+    };
+
     let services = Services {
         config,
         store: ctx.store,
-        signer: Arc::new(signer),
-        secrets: Arc::new(secrets),
+        signer,
+        secrets,
         tls,
         recorder: recorder.clone(),
     };
-    let served = proxy::serve(listener, services, shutdown_signal()).await;
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        });
+    }
+    let served = proxy::serve(listener, services, stop.clone().cancelled_owned()).await;
+    // The gateway may have stopped on its own (accept failure): the console goes with it.
+    stop.cancel();
+    if let Some(console) = console {
+        match console.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "console failed"),
+            Err(e) => tracing::error!(error = %e, "console task failed"),
+        }
+    }
     // Every session has ended (or the accept loop failed): store and seal what is left.
     let lost = recorder.shutdown().await;
     served.context("gateway stopped")?;
@@ -83,6 +116,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("gateway stopped; every recording is stored");
     Ok(())
+}
+
+/// Binds the console's address and serves it until `stop`.
+async fn run_console(app: web::console::AppState, stop: CancellationToken) -> anyhow::Result<()> {
+    let console = &app.config.console;
+    let addr = console.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for the console: {e}; set console.listen or \
+             PGBASTION_CONSOLE_LISTEN (or console.enabled = false)"
+        )
+    })?;
+    let tls = match (&console.tls_cert, &console.tls_key) {
+        (Some(cert), Some(key)) => {
+            let hosts = vec![app.config.gateway.public_host.clone()];
+            let identity = keys::load_or_create_tls(cert, key, &hosts)?;
+            Some(keys::server_tls_config(&identity)?)
+        }
+        _ => None,
+    };
+    let local = listener.local_addr().unwrap_or(addr);
+    println!(
+        "pgbastion console listening on {local} (open {})",
+        app.public_url
+    );
+    let router = web::console::router(app);
+    web::console::serve(listener, router, tls, stop)
+        .await
+        .context("console stopped")
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what service managers send).

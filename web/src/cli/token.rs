@@ -5,6 +5,8 @@ use clap::{Subcommand, ValueEnum};
 use gateway::credential::{self, CredentialSigner, IssueRequest, Issued};
 use uuid::Uuid;
 
+use web::connection::Connection;
+
 use super::Ctx;
 use super::duration::{format_secs, parse_secs};
 use super::output::{or_dash, print_table, time};
@@ -144,31 +146,7 @@ pub async fn run(cmd: TokenCommand, ctx: &Ctx) -> anyhow::Result<()> {
 
 fn print_issued(ctx: &Ctx, issued: &Issued, format: Format) -> anyhow::Result<()> {
     let cred = &issued.credential;
-    let host = &ctx.config.gateway.public_host;
-    let port = ctx.config.gateway.listen.port();
-    let conninfo = format!(
-        "host={} port={port} dbname={} user={} sslmode=require",
-        conninfo_value(host),
-        conninfo_value(&cred.target_name),
-        conninfo_value(&cred.person_login)
-    );
-    // Tokens are base64url with dots: safe in a shell word and in a URI without escaping.
-    let psql = format!(
-        "PGPASSWORD={} psql \"{}\"",
-        issued.token,
-        conninfo.replace('"', "\\\"")
-    );
-    let uri_host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.clone()
-    };
-    let uri = format!(
-        "postgresql://{}:{}@{uri_host}:{port}/{}?sslmode=require",
-        percent_encode(&cred.person_login),
-        issued.token,
-        percent_encode(&cred.target_name)
-    );
+    let Connection { psql, uri, .. } = Connection::new(&ctx.config, issued);
     match format {
         Format::Json => {
             let out = serde_json::json!({
@@ -209,39 +187,4 @@ fn print_issued(ctx: &Ctx, issued: &Issued, format: Format) -> anyhow::Result<()
         }
     }
     Ok(())
-}
-
-/// A libpq keyword value: quoted when it holds spaces, quotes or backslashes.
-fn conninfo_value(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\'', '\\', '"']) {
-        return value.to_string();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_values_are_quoted_and_encoded_when_needed() {
-        assert_eq!(conninfo_value("shop"), "shop");
-        assert_eq!(conninfo_value("my shop"), "'my shop'");
-        assert_eq!(conninfo_value("o'neil"), "'o\\'neil'");
-        assert_eq!(percent_encode("alice"), "alice");
-        assert_eq!(percent_encode("a b@c"), "a%20b%40c");
-    }
 }

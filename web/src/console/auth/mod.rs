@@ -1,0 +1,246 @@
+//! Who is asking, and what they may do.
+//!
+//! A signed-in browser holds a random token in the `pgbastion_session` cookie (HttpOnly,
+//! Secure, SameSite=Lax); the store keeps its SHA-256 with the person, their roles and the CSRF
+//! token ([`session`]). [`Viewer`] is the extractor every page uses: it refuses ended, expired
+//! and idle sessions. [`Form`] is the extractor every state-changing request uses: it also
+//! checks the CSRF token and the request's origin.
+
+pub mod oidc;
+pub mod password;
+pub mod roles;
+pub mod session;
+pub mod signin;
+pub mod throttle;
+
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::de::DeserializeOwned;
+
+pub use roles::{Role, Roles};
+
+use super::AppState;
+use super::error::ConsoleError;
+
+/// The signed-in person making this request.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub login: String,
+    pub roles: Roles,
+    /// The token forms must send back.
+    pub csrf: String,
+    /// The session's key in the store (SHA-256 of the cookie's token).
+    pub token_hash: Vec<u8>,
+    /// The client's address as the console saw it, for the audit log.
+    pub client_addr: Option<String>,
+}
+
+impl Viewer {
+    /// Fails with 403 unless the viewer has `role`.
+    pub fn require(&self, role: Role) -> Result<(), ConsoleError> {
+        if self.roles.has(role) {
+            Ok(())
+        } else {
+            Err(ConsoleError::Forbidden(format!(
+                "This page needs the {} role, which {} does not have.",
+                role.as_str(),
+                self.login
+            )))
+        }
+    }
+}
+
+/// Why there is no viewer: not signed in (a page sends the browser to sign in) or the store
+/// failed.
+pub enum NoViewer {
+    SignIn { next: String },
+    Error(ConsoleError),
+}
+
+impl IntoResponse for NoViewer {
+    fn into_response(self) -> Response {
+        match self {
+            NoViewer::SignIn { next } => {
+                let target = if next == "/" || !next.starts_with('/') || next.starts_with("//") {
+                    "/login".to_string()
+                } else {
+                    format!(
+                        "/login?next={}",
+                        url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                    )
+                };
+                let mut res = Redirect::to(&target).into_response();
+                // A stale cookie is cleared, so the browser stops sending it.
+                if let Ok(v) = session::clear_cookie().parse() {
+                    res.headers_mut().append(header::SET_COOKIE, v);
+                }
+                res
+            }
+            NoViewer::Error(e) => e.into_response(),
+        }
+    }
+}
+
+impl<S> FromRequestParts<S> for Viewer
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = NoViewer;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let next = if parts.method == Method::GET {
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into())
+        } else {
+            "/".into()
+        };
+        let Some(token) = session::cookie_token(&parts.headers) else {
+            return Err(NoViewer::SignIn { next });
+        };
+        match session::resolve(&state, &token).await {
+            Ok(Some(s)) => Ok(Viewer {
+                login: s.person_login,
+                roles: Roles::from_names(&s.roles),
+                csrf: s.csrf_token,
+                token_hash: s.token_hash,
+                client_addr: client_addr(parts),
+            }),
+            Ok(None) => Err(NoViewer::SignIn { next }),
+            Err(e) => Err(NoViewer::Error(e.into())),
+        }
+    }
+}
+
+/// The client's address: the TCP peer (a proxy in front should be trusted explicitly; not yet
+/// configurable, so the peer it is).
+pub fn client_addr(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+/// The client's address, for handlers without a viewer (sign-in).
+pub struct ClientAddr(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_addr(parts)))
+    }
+}
+
+/// A state-changing request from a signed-in viewer, with its form decoded: the CSRF token in
+/// the form must match the session's, and the browser must not say the request came from
+/// another site.
+pub struct Form<T> {
+    pub viewer: Viewer,
+    pub form: T,
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfField {
+    #[serde(default)]
+    csrf: String,
+}
+
+impl<S, T> FromRequest<S> for Form<T>
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let viewer = Viewer::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let app = AppState::from_ref(state);
+        check_origin(&parts, &app).map_err(IntoResponse::into_response)?;
+        let bytes = axum::body::to_bytes(body, super::MAX_FORM_BYTES)
+            .await
+            .map_err(|_| {
+                ConsoleError::BadRequest("The form is too large.".into()).into_response()
+            })?;
+        let field: CsrfField = serde_urlencoded::from_bytes(&bytes).map_err(|_| {
+            ConsoleError::BadRequest("The form could not be read.".into()).into_response()
+        })?;
+        if !constant_time_eq(field.csrf.as_bytes(), viewer.csrf.as_bytes()) {
+            return Err(ConsoleError::Forbidden(
+                "The form's security token is missing or stale. Reload the page and try \
+                 again."
+                    .into(),
+            )
+            .into_response());
+        }
+        let form = serde_urlencoded::from_bytes(&bytes).map_err(|e| {
+            ConsoleError::BadRequest(format!("The form is incomplete or malformed: {e}."))
+                .into_response()
+        })?;
+        Ok(Form { viewer, form })
+    }
+}
+
+/// Refuses a state-changing request that a browser marks as coming from another site (Origin
+/// or Sec-Fetch-Site). Requests without either (curl, old browsers) rely on the CSRF token.
+pub fn check_origin(parts: &Parts, state: &AppState) -> Result<(), ConsoleError> {
+    let cross = || {
+        ConsoleError::Forbidden(
+            "This request came from another site, so it was refused. Use the console's own \
+             pages."
+                .into(),
+        )
+    };
+    if parts
+        .headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() == b"cross-site")
+    {
+        return Err(cross());
+    }
+    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default();
+        // "null" comes from sandboxed or privacy-sensitive contexts: not ours.
+        let ours = origin_of(&state.public_url);
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let same_host = origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest == host);
+        if origin != ours && !same_host {
+            return Err(cross());
+        }
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split('/').next().unwrap_or_default();
+            format!("{scheme}://{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,9 @@
+//! Admin pages: targets, grants, people.
+
+use axum::Router;
+
+use crate::console::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+}
