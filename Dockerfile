@@ -16,12 +16,14 @@ RUN apt-get update \
     && useradd --system --home-dir /var/lib/pgbastion --shell /usr/sbin/nologin pgbastion \
     && install -d -m 0700 -o pgbastion -g pgbastion /var/lib/pgbastion
 COPY --from=build /usr/local/bin/pgbastion /usr/local/bin/pgbastion
+COPY static /usr/share/pgbastion/static
 USER pgbastion
 WORKDIR /var/lib/pgbastion
 # Keys, the gateway's TLS certificate and (without PGBASTION_STORE_URL) the SQLite store.
 ENV PGBASTION_DATA_DIR=/var/lib/pgbastion \
     PGBASTION_GATEWAY_LISTEN=0.0.0.0:6432 \
-    PGBASTION_CONSOLE_LISTEN=0.0.0.0:8080
+    PGBASTION_CONSOLE_LISTEN=0.0.0.0:8080 \
+    PGBASTION_CONSOLE_STATIC_DIR=/usr/share/pgbastion/static
 VOLUME ["/var/lib/pgbastion"]
 EXPOSE 6432 8080
 ENTRYPOINT ["pgbastion"]

@@ -84,6 +84,9 @@ pub struct ConsoleConfig {
     /// `Secure` (browsers accept that on http://127.0.0.1 and http://localhost).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The console's CSS and JavaScript (the repository's `static/`). Unset: `./static`, else
+    /// the `static/` of the source tree the binary was built from.
+    pub static_dir: Option<PathBuf>,
     /// Allow sign-in with local accounts (`pgbastion user add`).
     pub local_login: bool,
     /// A console session ends after this long without a request.
@@ -245,6 +248,7 @@ impl Default for ConsoleConfig {
             public_url: String::new(),
             tls_cert: None,
             tls_key: None,
+            static_dir: None,
             local_login: true,
             session_idle_secs: 30 * 60,
             session_absolute_secs: 12 * 3600,

@@ -132,7 +132,10 @@ async fn run_console(app: web::console::AppState, stop: CancellationToken) -> an
         (Some(cert), Some(key)) => {
             let hosts = vec![app.config.gateway.public_host.clone()];
             let identity = keys::load_or_create_tls(cert, key, &hosts)?;
-            Some(keys::server_tls_config(&identity)?)
+            // The gateway's config speaks PostgreSQL's ALPN; browsers need HTTP's.
+            let mut config = (*keys::server_tls_config(&identity)?).clone();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(Arc::new(config))
         }
         _ => None,
     };

@@ -51,7 +51,11 @@ impl AppState {
             oidc,
             throttle: Arc::new(Throttle::default()),
             public_url,
-            static_dir: default_static_dir(),
+            static_dir: config
+                .console
+                .static_dir
+                .clone()
+                .unwrap_or_else(default_static_dir),
             config,
         })
     }

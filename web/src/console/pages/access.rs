@@ -18,6 +18,8 @@ use crate::console::error::{ConsoleError, ConsoleResult};
 use crate::console::view::{Nav, duration, render, time};
 
 const MAX_REASON_CHARS: usize = 1000;
+/// An approval is for now, not for whenever: it must be collected within this many hours.
+const APPROVAL_VALID_HOURS: i64 = 24;
 
 #[derive(Debug, Deserialize)]
 pub struct RequestForm {
@@ -305,6 +307,13 @@ pub async fn collect(
                 other.as_str()
             )));
         }
+    }
+    let decided = request.decided_at.unwrap_or(request.requested_at);
+    if Utc::now() - decided > chrono::Duration::hours(APPROVAL_VALID_HOURS) {
+        return Err(ConsoleError::Conflict(format!(
+            "This approval is older than {APPROVAL_VALID_HOURS} hours and has lapsed. Request \
+             access again."
+        )));
     }
     // The grant is checked again now: it may have been removed since the approval.
     let issued = issue(&state, &request).await?;
