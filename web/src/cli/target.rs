@@ -376,6 +376,8 @@ fn warn_if_unrecorded(target: &Target) {
 }
 
 async fn add(args: AddTarget, ctx: &Ctx) -> anyhow::Result<()> {
+    let name = web::validate::target_name(&args.name).map_err(anyhow::Error::msg)?;
+    let host = web::validate::host(&args.host).map_err(anyhow::Error::msg)?;
     let tls_mode: UpstreamTls = args.tls.parse().map_err(anyhow::Error::msg)?;
     let ca_pem = match &args.ca_file {
         Some(_) if tls_mode != UpstreamTls::VerifyFull => {
@@ -392,8 +394,8 @@ async fn add(args: AddTarget, ctx: &Ctx) -> anyhow::Result<()> {
     let target = ctx
         .store
         .add_target(&NewTarget {
-            name: args.name,
-            host: args.host,
+            name,
+            host,
             port: args.port,
             database: args.database,
             tls_mode,

@@ -14,8 +14,6 @@ use crate::console::error::ConsoleError;
 pub const TLS_MODES: [&str; 3] = ["disable", "require", "verify-full"];
 pub const RECORDING_POLICIES: [&str; 3] = ["strict", "buffered", "off"];
 
-/// Longest host name DNS allows.
-const MAX_HOST_BYTES: usize = 253;
 /// A password longer than this is a paste gone wrong.
 const MAX_PASSWORD_BYTES: usize = 1024;
 
@@ -89,65 +87,13 @@ impl SecretChange {
     }
 }
 
-/// A target name is what people type as the database name at the gateway and what appears in
-/// connection strings, URLs and shell commands: letters, digits, `_`, `-` and `.`, starting
-/// with a letter, digit or `_`, at most 63 bytes.
+/// The target name rule shared with the command line (`crate::validate`).
 pub fn target_name(value: &str) -> Result<String, ConsoleError> {
-    let name = value.trim();
-    let bad = |why: &str| {
-        ConsoleError::BadRequest(format!(
-            "The target name {why}: use letters, digits, '_', '-' and '.', starting with a \
-             letter, digit or '_' (at most 63)."
-        ))
-    };
-    if name.is_empty() {
-        return Err(bad("is empty"));
-    }
-    if name.len() > 63 {
-        return Err(bad("is too long"));
-    }
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    let rest_ok = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !first_ok || !rest_ok {
-        return Err(bad(&format!(
-            "'{name}' has a character that is not allowed"
-        )));
-    }
-    Ok(name.to_string())
+    crate::validate::target_name(value).map_err(ConsoleError::BadRequest)
 }
 
-/// A host name or IP address (IPv6 without brackets), as the gateway connects to it.
 fn host(value: &str) -> Result<String, ConsoleError> {
-    let host = value.trim();
-    if host.is_empty() {
-        return Err(ConsoleError::BadRequest("The host is empty.".into()));
-    }
-    if host.len() > MAX_HOST_BYTES {
-        return Err(ConsoleError::BadRequest(format!(
-            "The host is longer than {MAX_HOST_BYTES} characters."
-        )));
-    }
-    if !host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-    {
-        return Err(ConsoleError::BadRequest(format!(
-            "The host '{host}' is not a host name or IP address (letters, digits, '.', '-', \
-             '_', and ':' for IPv6; no brackets, no port)."
-        )));
-    }
-    // A colon belongs to an IPv6 address; anything else with one is a host with its port.
-    if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
-        return Err(ConsoleError::BadRequest(format!(
-            "The host '{host}' is neither a host name nor an IPv6 address: give the port in the port field."
-        )));
-    }
-    Ok(host.to_string())
+    crate::validate::host(value).map_err(ConsoleError::BadRequest)
 }
 
 fn port(value: &str) -> Result<u16, ConsoleError> {
