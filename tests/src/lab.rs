@@ -36,7 +36,12 @@ impl Lab {
 
     /// Like [`Lab::start`] with a cluster the test configured itself.
     pub fn start_with(pg: PgCluster, env: &[(&str, &str)]) -> anyhow::Result<Lab> {
-        let bastion = Bastion::with_env(env)?;
+        Lab::start_with_bastion(pg, Bastion::with_env(env)?)
+    }
+
+    /// Like [`Lab::start_with`] with a bastion the test configured itself (its ports are
+    /// known before it starts, e.g. for an identity provider's redirect URI).
+    pub fn start_with_bastion(pg: PgCluster, bastion: Bastion) -> anyhow::Result<Lab> {
         bastion.cli_ok(&["person", "add", "alice", "--group", "dev"])?;
         let gateway = bastion.serve()?;
         Ok(Lab {

@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod clients;
+pub mod console;
 pub mod lab;
 pub mod oidc;
 pub mod pg;
@@ -16,9 +17,11 @@ pub mod ports;
 pub mod process;
 pub mod scratch;
 pub mod serverlog;
+pub mod web_client;
 
 pub use certs::{IssuedCert, TestCa};
 pub use clients::{psql, tokio_postgres_connect};
+pub use console::ConsoleLab;
 pub use lab::{Issued, Lab};
 pub use oidc::OidcProvider;
 pub use pg::PgCluster;

@@ -27,10 +27,12 @@ pub async fn security_headers(State(state): State<AppState>, req: Request, next:
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    // The sign-in callback URL carries a code; never let it leak to another site.
+    // The sign-in callback URL carries a code: never let it leak to another site. Not
+    // `no-referrer`: with it browsers send `Origin: null` on same-origin form posts, which the
+    // CSRF origin check must refuse.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(
         "cross-origin-opener-policy",

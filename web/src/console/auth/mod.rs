@@ -194,37 +194,42 @@ where
 /// Refuses a state-changing request that a browser marks as coming from another site (Origin
 /// or Sec-Fetch-Site). Requests without either (curl, old browsers) rely on the CSRF token.
 pub fn check_origin(parts: &Parts, state: &AppState) -> Result<(), ConsoleError> {
-    let cross = || {
-        ConsoleError::Forbidden(
+    if same_site(&parts.headers, &state.public_url) {
+        Ok(())
+    } else {
+        Err(ConsoleError::Forbidden(
             "This request came from another site, so it was refused. Use the console's own \
              pages."
                 .into(),
-        )
+        ))
+    }
+}
+
+/// Whether the browser's headers allow a state-changing request: not marked cross-site, and an
+/// `Origin` (when sent) that is the console's public origin or the requested host.
+fn same_site(headers: &axum::http::HeaderMap, public_url: &str) -> bool {
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if fetch_site == Some(b"cross-site".as_slice()) {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
     };
-    if parts
-        .headers
-        .get("sec-fetch-site")
-        .is_some_and(|site| site.as_bytes() == b"cross-site")
-    {
-        return Err(cross());
+    let origin = origin.to_str().unwrap_or_default();
+    // Browsers send "null" from sandboxed contexts, and from our own pages under a strict
+    // referrer policy; only the browser's own word that the request is same-origin tells the
+    // two apart.
+    if origin == "null" {
+        return fetch_site == Some(b"same-origin".as_slice());
     }
-    if let Some(origin) = parts.headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or_default();
-        // "null" comes from sandboxed or privacy-sensitive contexts: not ours.
-        let ours = origin_of(&state.public_url);
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        let same_host = origin
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    origin == origin_of(public_url)
+        || origin
             .split_once("://")
-            .is_some_and(|(_, rest)| rest == host);
-        if origin != ours && !same_host {
-            return Err(cross());
-        }
-    }
-    Ok(())
+            .is_some_and(|(_, rest)| !host.is_empty() && rest == host)
 }
 
 /// `scheme://host[:port]` of a URL.
@@ -243,4 +248,55 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_requests_from_the_console_itself_may_change_things() {
+        let url = "http://127.0.0.1:8080";
+        assert!(
+            same_site(&headers(&[]), url),
+            "no browser headers: the CSRF token decides"
+        );
+        assert!(same_site(&headers(&[("origin", url)]), url));
+        assert!(same_site(
+            &headers(&[("origin", "http://bastion:9000"), ("host", "bastion:9000")]),
+            url
+        ));
+        assert!(!same_site(
+            &headers(&[("origin", "http://evil.example")]),
+            url
+        ));
+        assert!(!same_site(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            url
+        ));
+        assert!(!same_site(
+            &headers(&[("origin", url), ("sec-fetch-site", "cross-site")]),
+            url
+        ));
+        // Origin: null is ours only when the browser says the request is same-origin.
+        assert!(same_site(
+            &headers(&[("origin", "null"), ("sec-fetch-site", "same-origin")]),
+            url
+        ));
+        assert!(!same_site(&headers(&[("origin", "null")]), url));
+        assert!(!same_site(
+            &headers(&[("origin", "null"), ("sec-fetch-site", "same-site")]),
+            url
+        ));
+    }
 }

@@ -50,7 +50,7 @@ fn credential_page(state: &AppState, viewer: &Viewer, issued: &Issued) -> Respon
     let c = Connection::new(&state.config, issued);
     let cred = &issued.credential;
     render(&CredentialPage {
-        nav: Nav::new(viewer, "home"),
+        nav: Nav::new(viewer, "credentials"),
         token: issued.token.clone(),
         id: cred.id.to_string(),
         target: cred.target_name.clone(),
@@ -226,6 +226,8 @@ pub struct RequestRow {
     pub requested: String,
     pub decided_by: String,
     pub comment: String,
+    /// When it was decided (empty while pending).
+    pub decided: String,
     pub collectable: bool,
     pub cancellable: bool,
 }
@@ -242,6 +244,7 @@ impl RequestRow {
             requested: time(r.requested_at),
             decided_by: r.decided_by.clone().unwrap_or_default(),
             comment: r.decision_comment.clone().unwrap_or_default(),
+            decided: r.decided_at.map(time).unwrap_or_default(),
             collectable: r.status == RequestStatus::Approved,
             cancellable: matches!(r.status, RequestStatus::Pending | RequestStatus::Approved),
         }

@@ -1,7 +1,7 @@
 //! Approvers decide others' requests; nobody decides their own.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
 use gateway::store::{Decision, RequestFilter, RequestStatus};
@@ -28,9 +28,21 @@ pub struct ApprovalsPage {
     pub nav: Nav,
     pub pending: Vec<PendingRow>,
     pub decided: Vec<PendingRow>,
+    /// What the last decision did, after the redirect.
+    pub done: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, viewer: Viewer) -> ConsoleResult<Response> {
+#[derive(Debug, Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Query(q): Query<ListQuery>,
+) -> ConsoleResult<Response> {
     viewer.require(Role::Approver)?;
     let all = state
         .store
@@ -52,6 +64,14 @@ pub async fn list(State(state): State<AppState>, viewer: Viewer) -> ConsoleResul
         nav: Nav::new(&viewer, "approvals"),
         pending,
         decided: decided.into_iter().take(50).collect(),
+        // A fixed sentence per code: a crafted link cannot put text on the page.
+        done: match q.done.as_deref() {
+            Some("approved") => {
+                Some("Approved. The requester can now collect the credential.".into())
+            }
+            Some("denied") => Some("Denied. The requester sees your decision and comment.".into()),
+            _ => None,
+        },
     }))
 }
 
@@ -118,5 +138,9 @@ pub async fn decide(
             viewer.client_addr.clone(),
         )
         .await?;
-    Ok(Redirect::to("/approvals").into_response())
+    let done = match decision {
+        Decision::Approve => "approved",
+        Decision::Deny => "denied",
+    };
+    Ok(Redirect::to(&format!("/approvals?done={done}")).into_response())
 }

@@ -19,6 +19,8 @@ pub struct SessionRow {
     pub started: String,
     pub length: String,
     pub status: String,
+    /// The badge's colour class.
+    pub badge: &'static str,
     pub events: i64,
 }
 
@@ -48,20 +50,28 @@ pub async fn mine(State(state): State<AppState>, viewer: Viewer) -> ConsoleResul
         .map(|s| {
             let session = s.session;
             let end = session.ended_at.unwrap_or(now);
-            let status = match (&session.ended_at, &session.end_reason) {
-                (None, _) => "live".to_string(),
-                (Some(_), Some(reason)) => format!("ended ({})", reason.as_str()),
-                (Some(_), None) => "ended".to_string(),
+            let (status, badge) = match (&session.ended_at, &session.end_reason) {
+                (None, _) => ("live".to_string(), "active"),
+                (Some(_), Some(reason)) => (
+                    format!("ended · {}", reason.as_str().replace('_', " ")),
+                    match reason.as_str() {
+                        "terminated" | "revoked" => "revoked",
+                        "client_quit" => "expired",
+                        _ => "pending",
+                    },
+                ),
+                (Some(_), None) => ("ended".to_string(), "expired"),
             };
             SessionRow {
                 id: session.id.to_string(),
                 target: session.target_name,
                 role: session.db_role,
-                client: session.client_addr,
+                client: client_ip(&session.client_addr),
                 application: session.application_name.unwrap_or_default(),
                 started: time(session.started_at),
                 length: duration((end - session.started_at).num_seconds().max(0)),
                 status,
+                badge,
                 events: s.event_count,
             }
         })
@@ -70,4 +80,13 @@ pub async fn mine(State(state): State<AppState>, viewer: Viewer) -> ConsoleResul
         nav: Nav::new(&viewer, "sessions"),
         rows,
     }))
+}
+
+/// The client's address without its (ephemeral) port: `192.0.2.7:51234` → `192.0.2.7`,
+/// `[2001:db8::1]:5000` → `2001:db8::1`.
+fn client_ip(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(sock) => sock.ip().to_string(),
+        Err(_) => addr.to_string(),
+    }
 }
