@@ -37,7 +37,23 @@ pub fn pgbastion_bin() -> PathBuf {
 fn build() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // `cargo test` gives the test process its own package's CARGO_PKG_* and CARGO_MANIFEST_*
+    // variables; build scripts (ring's) track them, so passing them on made this build, and
+    // the next plain `cargo build` after it, rebuild half the workspace.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let output = command
         .current_dir(&workspace)
         .args(["build", "-q", "-p", "pgbastion-web", "--bin", "pgbastion"])
         .args(["--message-format", "json-render-diagnostics"])

@@ -93,6 +93,17 @@ impl Page {
         Ok(self)
     }
 
+    /// Fails unless this is a 303 to `path`, whatever the query (e.g. `/approvals?done=...`).
+    pub fn expect_redirect_path(&self, path: &str, what: &str) -> anyhow::Result<&Page> {
+        self.expect(StatusCode::SEE_OTHER, what)?;
+        let location = self.location().unwrap_or_default();
+        ensure!(
+            location.split('?').next() == Some(path),
+            "{what}: redirected to {location:?}, not {path}"
+        );
+        Ok(self)
+    }
+
     /// The value of the hidden input `name` (the first on the page), entities decoded.
     pub fn hidden_input(&self, name: &str) -> Option<String> {
         let mut rest = self.body.as_str();
@@ -506,14 +517,18 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
     Some(decode_entities(&tag[start..start + len]))
 }
 
-/// The entities askama's HTML escaper writes.
+/// The entities HTML escapers write (askama: `&#60;` `&#62;` `&#34;` `&#39;` `&#38;`), decoded;
+/// `&amp;` last, so that an escaped entity stays one.
 pub fn decode_entities(text: &str) -> String {
     text.replace("&quot;", "\"")
         .replace("&#34;", "\"")
         .replace("&#39;", "'")
         .replace("&#x27;", "'")
         .replace("&lt;", "<")
+        .replace("&#60;", "<")
         .replace("&gt;", ">")
+        .replace("&#62;", ">")
+        .replace("&#38;", "&")
         .replace("&amp;", "&")
 }
 

@@ -13,6 +13,9 @@ pub enum ConsoleError {
     /// Signed in, but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// Signed in at the identity provider, but no group of theirs maps to a console role.
+    #[error("{0}")]
+    NoRole(String),
     #[error("{0}")]
     NotFound(String),
     /// The request no longer fits the state (decided already, collected already...).
@@ -35,7 +38,7 @@ impl ConsoleError {
     fn status(&self) -> StatusCode {
         match self {
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ConsoleError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ConsoleError::Forbidden(_) | ConsoleError::NoRole(_) => StatusCode::FORBIDDEN,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -47,7 +50,7 @@ impl ConsoleError {
     fn title(&self) -> &'static str {
         match self {
             ConsoleError::BadRequest(_) => "That did not work",
-            ConsoleError::Forbidden(_) => "Not allowed",
+            ConsoleError::Forbidden(_) | ConsoleError::NoRole(_) => "Not allowed",
             ConsoleError::NotFound(_) => "Not found",
             ConsoleError::Conflict(_) => "Already done",
             ConsoleError::TooManyRequests(_) => "Slow down",

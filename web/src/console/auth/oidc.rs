@@ -257,7 +257,12 @@ pub async fn callback(
         Ok(res) => res,
         Err(e) => {
             let why = e.to_string();
-            if !matches!(e, ConsoleError::Store(_) | ConsoleError::Internal(_)) {
+            // Internal failures are logged, not audited; a refusal for want of a role was
+            // audited with the person's login already.
+            if !matches!(
+                e,
+                ConsoleError::Store(_) | ConsoleError::Internal(_) | ConsoleError::NoRole(_)
+            ) {
                 let _ = state
                     .audit(
                         "(unknown)",
@@ -328,11 +333,13 @@ async fn finish(
         .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier))
         .request_async(&oidc.http)
         .await
-        .map_err(|e| {
-            ConsoleError::Forbidden(format!(
+        .map_err(|e| match e {
+            // Not an answer from the provider: it could not be reached.
+            openidconnect::RequestTokenError::Request(_) => oidc.unavailable(&error_chain(&e)),
+            _ => ConsoleError::Forbidden(format!(
                 "The provider did not accept the sign-in code ({}). {again}",
                 error_chain(&e)
-            ))
+            )),
         })?;
     let id_token = token.id_token().ok_or_else(|| {
         ConsoleError::Forbidden(format!("The provider sent no ID token. {again}"))
@@ -395,7 +402,7 @@ async fn finish(
         } else {
             format!("groups {}", identity.groups.join(", "))
         };
-        return Err(ConsoleError::Forbidden(format!(
+        return Err(ConsoleError::NoRole(format!(
             "You signed in as {}, but your {groups} give no role in this console. Ask an admin \
              to add one of your groups to the console's role mapping.",
             identity.login

@@ -14,7 +14,7 @@ use crate::console::AppState;
 pub const COOKIE: &str = "pgbastion_session";
 
 /// Don't write `last_seen_at` on every request: once a minute is precise enough for an idle
-/// timeout counted in minutes.
+/// timeout counted in minutes (a shorter idle timeout is touched twice per its length).
 const TOUCH_EVERY: Duration = Duration::seconds(60);
 
 /// A fresh random token (256 bits), URL-safe base64.
@@ -97,7 +97,7 @@ pub async fn resolve(state: &AppState, token: &str) -> StoreResult<Option<Consol
     {
         return Ok(None);
     }
-    if now - session.last_seen_at >= TOUCH_EVERY {
+    if now - session.last_seen_at >= TOUCH_EVERY.min(idle / 2) {
         state.store.touch_console_session(&hash, now).await?;
     }
     Ok(Some(session))

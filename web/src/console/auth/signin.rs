@@ -174,8 +174,8 @@ pub async fn local(
             ));
         }
     };
+    // The address's failures stay counted: one good account must not reset guessing at others.
     state.store.record_local_success(&account.login).await?;
-    state.throttle.succeeded(&addr);
     let roles = Roles::from_names(&account.roles);
     if roles.is_empty() {
         return Err(ConsoleError::Forbidden(format!(

@@ -41,10 +41,6 @@ impl Throttle {
         }
         map.entry(addr.to_string()).or_default().push(now);
     }
-
-    pub fn succeeded(&self, addr: &str) {
-        self.failures.lock().expect("throttle lock").remove(addr);
-    }
 }
 
 #[cfg(test)]
@@ -60,7 +56,5 @@ mod tests {
         }
         assert!(!t.allows("192.0.2.1"));
         assert!(t.allows("192.0.2.2"));
-        t.succeeded("192.0.2.1");
-        assert!(t.allows("192.0.2.1"));
     }
 }

@@ -1,0 +1,5 @@
+//! The migrations are compiled in (`sqlx::migrate!`): rebuild when one is added or changed.
+
+fn main() {
+    println!("cargo:rerun-if-changed=../migrations");
+}
