@@ -303,6 +303,40 @@ async function probeCsp(who) {
   }
 }
 
+// dave (admin) opens the admin pages and carol (auditor) the audit log: what they show, and a
+// screenshot of each.
+async function adminPages(browser, people) {
+  const dave = await newPerson(browser, 'dave');
+  people.push(dave);
+  await signIn(dave, '/admin/targets');
+  const pages = {};
+  for (const [path, shot] of [
+    ['/admin/targets', '08-admin-targets-dave.png'],
+    ['/admin/grants', '09-admin-grants-dave.png'],
+    ['/admin/people', '10-admin-people-dave.png'],
+    ['/audit', '11-audit-dave.png'],
+  ]) {
+    await dave.page.goto(`${consoleOrigin}${path}`);
+    await inspectPage(dave, path);
+    await screenshot(dave.page, shot);
+    pages[path] = {
+      heading: await text(dave.page.locator('h1')),
+      rows: await dave.page.locator('tbody tr').allInnerTexts(),
+    };
+  }
+  const carol = await newPerson(browser, 'carol');
+  people.push(carol);
+  await signIn(carol, '/audit');
+  await inspectPage(carol, 'audit (auditor)');
+  await screenshot(carol.page, '12-audit-carol.png');
+  const carolAudit = await carol.page.locator('tbody tr').allInnerTexts();
+  // A request with her cookies rather than a navigation: the refused page would count as a
+  // console error of the journey.
+  const refused = await carol.page.request.get(`${consoleOrigin}/admin/targets`, { maxRedirects: 0 });
+  const carolAdmin = { status: refused.status(), title: (await refused.text()).match(/<h1>([^<]*)<\/h1>/)?.[1] };
+  return { pages, carolAudit, carolAdmin };
+}
+
 async function main() {
   mkdirSync(outDir, { recursive: true });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
@@ -333,6 +367,8 @@ async function main() {
 
     const cspProbe = await probeCsp(alice);
     emit('signout', await signOut(alice));
+
+    emit('admin', await adminPages(browser, people));
 
     emit('checks', { ...findings, cspProbe });
   } catch (e) {

@@ -401,6 +401,54 @@ fn run(lab: &ConsoleLab, journey: &mut Journey) -> anyhow::Result<()> {
         "after signing out, alice should be asked to sign in again: {signout}"
     );
 
+    let admin = journey.step("admin")?;
+    let rows = |path: &str| -> Vec<String> {
+        admin["pages"][path]["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ensure!(
+        rows("/admin/targets").iter().any(|r| r.contains("shop")),
+        "dave should see target shop on the targets page: {admin}"
+    );
+    ensure!(
+        rows("/admin/grants")
+            .iter()
+            .any(|r| r.contains("pgb-users") && r.contains(pg::SCRAM_USER)),
+        "dave should see the group grant: {admin}"
+    );
+    ensure!(
+        rows("/admin/people").iter().any(|r| r.contains("alice")),
+        "dave should see alice among people: {admin}"
+    );
+    let audit = rows("/audit").join("\n");
+    for action in [
+        "request.create",
+        "request.approve",
+        "credential.issue",
+        "signin",
+    ] {
+        ensure!(
+            audit.contains(action),
+            "the audit log should show {action}: {admin}"
+        );
+    }
+    ensure!(
+        admin["carolAudit"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "carol (auditor) should read the audit log: {admin}"
+    );
+    ensure!(
+        admin["carolAdmin"]["status"] == 403 && admin["carolAdmin"]["title"] == "Not allowed",
+        "carol (auditor) must not open the admin pages: {admin}"
+    );
+
     let checks = journey.step("checks")?;
     ensure!(
         checks["consoleErrors"] == serde_json::json!([]),

@@ -57,11 +57,7 @@ pub async fn list(
             actor: e.actor,
             action: e.action,
             object: e.object.unwrap_or_default(),
-            detail: if e.detail.as_object().is_some_and(|o| o.is_empty()) {
-                String::new()
-            } else {
-                e.detail.to_string()
-            },
+            detail: readable(&e.detail),
             client: e.client_addr.unwrap_or_default(),
         })
         .collect();
@@ -70,4 +66,40 @@ pub async fn list(
         rows,
         next,
     }))
+}
+
+/// An entry's detail as `key: value` lines (strings unquoted, lists joined), which reads
+/// better than JSON in a table; anything that is not an object stays JSON.
+fn readable(detail: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn value(v: &Value) -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "—".into(),
+            Value::Array(items) => items.iter().map(value).collect::<Vec<_>>().join(", "),
+            other => other.to_string(),
+        }
+    }
+    match detail.as_object() {
+        Some(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", value(v)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => detail.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn details_read_as_lines() {
+        let d =
+            serde_json::json!({"roles": ["user", "approver"], "method": "oidc", "n": 3, "c": null});
+        assert_eq!(
+            super::readable(&d),
+            "c: —\nmethod: oidc\nn: 3\nroles: user, approver"
+        );
+        assert_eq!(super::readable(&serde_json::json!({})), "");
+    }
 }
