@@ -144,6 +144,27 @@ impl Ctx {
             .with_context(|| format!("cannot open the store {}", redact_url(&url)))?;
         Ok(Ctx { config, store })
     }
+
+    /// Changes made from the command line go to the audit log too, as done by the operator
+    /// (`cli:$USER`).
+    pub async fn audit(
+        &self,
+        action: &str,
+        object: &str,
+        detail: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let actor = std::env::var("USER").unwrap_or_else(|_| "command line".into());
+        self.store
+            .append_audit(&gateway::store::NewAuditEntry {
+                actor: format!("cli:{actor}"),
+                action: action.to_string(),
+                object: Some(object.to_string()),
+                detail,
+                client_addr: None,
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 /// Logs go to stderr, so that command output on stdout stays clean for scripts.

@@ -99,12 +99,28 @@ pub async fn run(cmd: TokenCommand, ctx: &Ctx) -> anyhow::Result<()> {
                 default_lifetime_secs: c.default_lifetime_secs,
             };
             let issued = credential::issue(ctx.store.as_ref(), &signer, req).await?;
+            let c = &issued.credential;
+            ctx.audit(
+                "credential.issue",
+                &c.id.to_string(),
+                serde_json::json!({
+                    "person": c.person_login,
+                    "target": c.target_name,
+                    "role": c.db_role,
+                    "expires_at": c.expires_at,
+                    "reason": c.reason,
+                    "via": "command line",
+                }),
+            )
+            .await?;
             print_issued(ctx, &issued, format)
         }
         TokenCommand::Revoke { id } => {
             if !ctx.store.revoke_credential(id, Utc::now()).await? {
                 anyhow::bail!("no credential {id}; `pgbastion token list` shows them");
             }
+            ctx.audit("credential.revoke", &id.to_string(), serde_json::json!({}))
+                .await?;
             println!("credential {id} revoked; sessions using it will be ended");
             Ok(())
         }

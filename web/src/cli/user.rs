@@ -120,13 +120,8 @@ pub async fn run(cmd: UserCommand, ctx: &Ctx) -> anyhow::Result<()> {
             if ctx.store.person_by_login(&login).await?.is_none() {
                 ctx.store.upsert_person(&login, None, None, &[]).await?;
             }
-            audit(
-                ctx,
-                "user.add",
-                &login,
-                serde_json::json!({ "roles": roles }),
-            )
-            .await?;
+            ctx.audit("user.add", &login, serde_json::json!({ "roles": roles }))
+                .await?;
             println!(
                 "local account {login} added with roles {}",
                 roles.join(", ")
@@ -141,7 +136,8 @@ pub async fn run(cmd: UserCommand, ctx: &Ctx) -> anyhow::Result<()> {
             ctx.store
                 .end_console_sessions_of(&login, Utc::now())
                 .await?;
-            audit(ctx, "user.passwd", &login, serde_json::json!({})).await?;
+            ctx.audit("user.passwd", &login, serde_json::json!({}))
+                .await?;
             println!("password of {login} changed; its console sessions were ended");
         }
         UserCommand::Roles { login, roles } => {
@@ -150,13 +146,8 @@ pub async fn run(cmd: UserCommand, ctx: &Ctx) -> anyhow::Result<()> {
             ctx.store
                 .end_console_sessions_of(&login, Utc::now())
                 .await?;
-            audit(
-                ctx,
-                "user.roles",
-                &login,
-                serde_json::json!({ "roles": roles }),
-            )
-            .await?;
+            ctx.audit("user.roles", &login, serde_json::json!({ "roles": roles }))
+                .await?;
             println!("{login} now has roles {}", roles.join(", "));
         }
         UserCommand::List => {
@@ -178,25 +169,5 @@ pub async fn run(cmd: UserCommand, ctx: &Ctx) -> anyhow::Result<()> {
             print_table(&["LOGIN", "ROLES", "STATE", "CREATED"], &rows);
         }
     }
-    Ok(())
-}
-
-/// Command-line changes to accounts go to the audit log too, as done by the operator.
-async fn audit(
-    ctx: &Ctx,
-    action: &str,
-    login: &str,
-    detail: serde_json::Value,
-) -> anyhow::Result<()> {
-    let actor = std::env::var("USER").unwrap_or_else(|_| "command line".into());
-    ctx.store
-        .append_audit(&gateway::store::NewAuditEntry {
-            actor: format!("cli:{actor}"),
-            action: action.to_string(),
-            object: Some(login.to_string()),
-            detail,
-            client_addr: None,
-        })
-        .await?;
     Ok(())
 }
