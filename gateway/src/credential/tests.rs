@@ -389,6 +389,30 @@ impl crate::store::ConsoleStore for FakeStore {
     }
 }
 
+/// `issue` never touches the statement index.
+#[async_trait]
+impl crate::store::SearchStore for FakeStore {
+    async fn sessions_to_index(&self, _: i64) -> StoreResult<Vec<SessionToIndex>> {
+        unreachable!("statement index")
+    }
+    async fn save_index(&self, _: &IndexUpdate<'_>) -> StoreResult<bool> {
+        unreachable!("statement index")
+    }
+    async fn session_stats(
+        &self,
+        _: &[Uuid],
+    ) -> StoreResult<std::collections::HashMap<Uuid, SessionStats>> {
+        unreachable!("statement index")
+    }
+    async fn search_statements(
+        &self,
+        _: &StatementQuery,
+        _: &StatementPage,
+    ) -> StoreResult<Vec<StatementHit>> {
+        unreachable!("statement index")
+    }
+}
+
 #[async_trait]
 impl Store for FakeStore {
     fn engine(&self) -> &'static str {

@@ -16,9 +16,11 @@ pub mod chain;
 pub mod classify;
 pub mod event;
 pub mod export;
+pub mod indexer;
 pub mod journal;
 pub mod recorder;
 pub mod recover;
+pub mod statements;
 mod tap;
 pub mod writer;
 

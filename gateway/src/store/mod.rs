@@ -9,6 +9,7 @@ mod blocks;
 pub mod console;
 pub mod models;
 pub mod postgres;
+pub mod search;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -24,6 +25,10 @@ pub use console::{
     NewAuditEntry, RequestFilter, RequestStatus, TargetEdit,
 };
 pub use models::*;
+pub use search::{
+    IndexUpdate, SearchStore, SessionStats, SessionToIndex, StatementHit, StatementPage,
+    StatementQuery, TextMatch,
+};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +54,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything pgbastion keeps. Implementations must be safe to share between tasks and between
 /// several gateway processes (PostgreSQL engine). The console's tables are in [`ConsoleStore`].
 #[async_trait]
-pub trait Store: ConsoleStore + Send + Sync + 'static {
+pub trait Store: ConsoleStore + SearchStore + Send + Sync + 'static {
     /// Which engine this is ("sqlite" or "postgres"), for logs and `status`.
     fn engine(&self) -> &'static str;
 

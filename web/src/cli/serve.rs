@@ -76,6 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             secrets.clone(),
         )
         .await?;
+        // The auditor's search and the session list's counts read the statement index.
+        gateway::record::indexer::spawn_indexer(
+            ctx.store.clone(),
+            gateway::record::indexer::DEFAULT_INTERVAL,
+            stop.clone(),
+        );
         Some(tokio::spawn(run_console(app, stop.clone())))
     } else {
         None

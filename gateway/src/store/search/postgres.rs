@@ -1,0 +1,237 @@
+//! [`SearchStore`] on the PostgreSQL engine (tables in
+//! `migrations/postgres/0007_statement_index.sql`).
+//!
+//! One query per search: the planner chooses between the GIN index of the words (or the
+//! trigrams of the SQL) and walking the newest statements through the index of the filters,
+//! from the statistics ANALYZE keeps of how common each word is.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use super::{
+    IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex, StatementHit,
+    StatementPage, StatementQuery, class_name, contains_pattern, counts, decode_class,
+    insert_chunk, signed, snippet::snippet,
+};
+use crate::store::StoreResult;
+use crate::store::models::now;
+use crate::store::postgres::PgStore;
+
+fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: &StatementPage) {
+    if let Some(id) = query.session_id {
+        sql.push(" AND r.session_id = ").push_bind(id);
+    }
+    if let Some(person) = &query.person {
+        sql.push(" AND r.person_login = ").push_bind(person.clone());
+    }
+    if let Some(target) = &query.target {
+        sql.push(" AND r.target_name = ").push_bind(target.clone());
+    }
+    if let Some(class) = query.class {
+        sql.push(" AND r.class = ").push_bind(class_name(class));
+    }
+    // Constants, not parameters: the partial indexes apply only to a literal condition.
+    match query.has_error {
+        Some(true) => sql.push(" AND r.has_error"),
+        Some(false) => sql.push(" AND NOT r.has_error"),
+        None => sql,
+    };
+    match query.risky {
+        Some(true) => sql.push(" AND r.risky"),
+        Some(false) => sql.push(" AND NOT r.risky"),
+        None => sql,
+    };
+    if let Some(after) = query.after {
+        sql.push(" AND r.at >= ").push_bind(after);
+    }
+    if let Some(before) = query.before {
+        sql.push(" AND r.at < ").push_bind(before);
+    }
+    if let Some((at, session_id, seq)) = page.before {
+        sql.push(" AND (r.at, r.session_id, r.seq) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(session_id)
+            .push(", ")
+            .push_bind(seq)
+            .push(")");
+    }
+}
+
+fn hit_from_row(row: &PgRow, needle: &Needle) -> StoreResult<StatementHit> {
+    Ok(StatementHit {
+        session_id: row.try_get("session_id")?,
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        person_login: row.try_get("person_login")?,
+        target_name: row.try_get("target_name")?,
+        class: decode_class(row.try_get("class")?)?,
+        risks: row.try_get("risks")?,
+        risky: row.try_get("risky")?,
+        has_error: row.try_get("has_error")?,
+        sqlstate: row.try_get("sqlstate")?,
+        tag: row.try_get("tag")?,
+        rows: row.try_get("rows")?,
+        duration_micros: row.try_get("duration_micros")?,
+        snippet: snippet(row.try_get("sql")?, row.try_get("params")?, needle),
+    })
+}
+
+#[async_trait]
+impl SearchStore for PgStore {
+    async fn sessions_to_index(&self, limit: i64) -> StoreResult<Vec<SessionToIndex>> {
+        // The recording's end is the end of its last block: one step down the primary key of
+        // recording_blocks per incomplete session.
+        let rows = sqlx::query(
+            "SELECT st.session_id, s.person_login, s.target_name, st.indexed_seq, \
+             st.resume_seq, s.ended_at IS NOT NULL AS ended \
+             FROM session_stats st JOIN sessions s ON s.id = st.session_id \
+             WHERE NOT st.complete AND (s.ended_at IS NOT NULL OR COALESCE(\
+               (SELECT b.last_seq FROM recording_blocks b WHERE b.session_id = st.session_id \
+                ORDER BY b.first_seq DESC LIMIT 1), -1) >= st.indexed_seq) \
+             ORDER BY st.updated_at LIMIT $1",
+        )
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SessionToIndex {
+                    session_id: row.try_get("session_id")?,
+                    person_login: row.try_get("person_login")?,
+                    target_name: row.try_get("target_name")?,
+                    indexed_seq: row.try_get("indexed_seq")?,
+                    resume_seq: row.try_get("resume_seq")?,
+                    ended: row.try_get("ended")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_index(&self, update: &IndexUpdate<'_>) -> StoreResult<bool> {
+        let (statements, errors, risky) = counts(update.statements);
+        let mut tx = self.pool.begin().await?;
+        // The row lock this takes makes a concurrent save of the same session wait, then find
+        // the values changed and update nothing.
+        let claimed = sqlx::query(
+            "UPDATE session_stats SET indexed_seq = $1, resume_seq = $2, complete = $3, \
+             statements = statements + $4, errors = errors + $5, risky = risky + $6, \
+             updated_at = $7 \
+             WHERE session_id = $8 AND indexed_seq = $9 AND resume_seq = $10 AND NOT complete",
+        )
+        .bind(update.to_seq)
+        .bind(update.resume_seq)
+        .bind(update.complete)
+        .bind(statements)
+        .bind(errors)
+        .bind(risky)
+        .bind(now())
+        .bind(update.session_id)
+        .bind(update.from_seq)
+        .bind(update.from_resume_seq)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let mut rest = update.statements;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(insert_chunk(rest.len()));
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO recorded_statements (session_id, seq, at, person_login, \
+                 target_name, class, risky, risks, has_error, sqlstate, error_message, sql, \
+                 params, tag, duration_micros, rows) ",
+            );
+            insert.push_values(chunk, |mut row, s| {
+                let (sqlstate, message) = match &s.error {
+                    Some((code, message)) => (Some(code.as_str()), Some(message.as_str())),
+                    None => (None, None),
+                };
+                row.push_bind(update.session_id)
+                    .push_bind(s.seq)
+                    .push_bind(s.at)
+                    .push_bind(update.person_login)
+                    .push_bind(update.target_name)
+                    .push_bind(class_name(s.class))
+                    .push_bind(!s.risks.is_empty())
+                    .push_bind(s.risks.as_slice())
+                    .push_bind(s.error.is_some())
+                    .push_bind(sqlstate)
+                    .push_bind(message)
+                    .push_bind(s.sql.as_str())
+                    .push_bind(s.params.as_str())
+                    .push_bind(s.tag.as_deref())
+                    .push_bind(signed(s.duration_micros))
+                    .push_bind(s.rows.map(signed));
+            });
+            insert.build().execute(&mut *tx).await?;
+            rest = tail;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn session_stats(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, SessionStats>> {
+        let rows = sqlx::query(
+            "SELECT session_id, statements, errors, risky, indexed_seq, complete \
+             FROM session_stats WHERE session_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("session_id")?,
+                    SessionStats {
+                        statements: row.try_get("statements")?,
+                        errors: row.try_get("errors")?,
+                        risky: row.try_get("risky")?,
+                        indexed_seq: row.try_get("indexed_seq")?,
+                        complete: row.try_get("complete")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn search_statements(
+        &self,
+        query: &StatementQuery,
+        page: &StatementPage,
+    ) -> StoreResult<Vec<StatementHit>> {
+        let needle = Needle::of(query);
+        let limit = page.limit.clamp(0, MAX_PAGE);
+        if limit == 0 || needle == Needle::Unmatchable {
+            return Ok(Vec::new());
+        }
+        let mut sql = QueryBuilder::<Postgres>::new(
+            "SELECT r.session_id, r.seq, r.at, r.person_login, r.target_name, r.class, r.risks, \
+             r.risky, r.has_error, r.sqlstate, r.tag, r.rows, r.duration_micros, r.sql, \
+             r.params FROM recorded_statements r WHERE true",
+        );
+        match &needle {
+            // plainto_tsquery reads any text as words joined by AND: nothing in it is syntax.
+            Needle::Words(words) => {
+                sql.push(" AND r.search @@ plainto_tsquery('simple', ")
+                    .push_bind(words.join(" "))
+                    .push(")");
+            }
+            Needle::Substring(text) => {
+                sql.push(" AND r.sql ILIKE ")
+                    .push_bind(contains_pattern(text));
+            }
+            Needle::Nothing | Needle::Unmatchable => {}
+        }
+        push_filters(&mut sql, query, page);
+        sql.push(" ORDER BY r.at DESC, r.session_id DESC, r.seq DESC LIMIT ")
+            .push_bind(limit);
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|row| hit_from_row(row, &needle)).collect()
+    }
+}
