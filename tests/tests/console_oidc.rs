@@ -179,6 +179,21 @@ async fn hostile_and_refused_sign_ins_end_without_a_session() -> Result<()> {
     .await?;
     refusals += 1;
 
+    // A response naming another issuer (RFC 9207 mix-up): refused before the code is used.
+    let browser = WebClient::for_lab(&lab)?;
+    let callback = browser.oidc_callback_url(&lab, "alice").await?;
+    let mixed_up = with_query(&callback, "iss", "http://127.0.0.1:1/other")?;
+    let page = browser.get(&mixed_up).await?;
+    assert_refused(
+        &browser,
+        &page,
+        StatusCode::BAD_REQUEST,
+        "another issuer",
+        "other issuer in the response",
+    )
+    .await?;
+    refusals += 1;
+
     // A callback URL used twice: it signs in once, and never again, whatever the cookies.
     let first = WebClient::for_lab(&lab)?;
     let callback = first.oidc_callback_url(&lab, "alice").await?;

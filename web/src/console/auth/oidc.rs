@@ -238,6 +238,8 @@ pub async fn start(
 pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
+    /// The issuer of the response (RFC 9207), when the provider says.
+    iss: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
 }
@@ -319,6 +321,18 @@ async fn finish(
         return Err(ConsoleError::BadRequest(format!(
             "The sign-in response does not belong to this browser's sign-in (state mismatch). \
              {again}"
+        )));
+    }
+    // A response from another provider than ours (mix-up attack) is refused before its code
+    // goes anywhere.
+    if let Some(iss) = q
+        .iss
+        .as_deref()
+        .filter(|iss| iss.trim_end_matches('/') != oidc.config.issuer_url.trim_end_matches('/'))
+    {
+        return Err(ConsoleError::BadRequest(format!(
+            "The sign-in response comes from another issuer ({iss}) than this console's \
+             provider. {again}"
         )));
     }
     let code = q
