@@ -463,3 +463,38 @@ async fn a_console_started_while_the_provider_is_down_says_so_and_keeps_local_si
     ensure!(browser.is_signed_in().await?, "root is not signed in");
     Ok(())
 }
+
+#[tokio::test]
+async fn with_local_sign_in_turned_off_only_the_provider_signs_people_in() -> Result<()> {
+    let lab = ConsoleLab::start(&[("PGBASTION_CONSOLE_LOCAL_LOGIN", "false")])?;
+    let browser = WebClient::for_lab(&lab)?;
+    let login = browser.get("/login").await?;
+    login.expect(StatusCode::OK, "GET /login")?;
+    ensure!(
+        !login.body.contains("name=\"password\""),
+        "the sign-in page still offers a password form:\n{}",
+        login.body
+    );
+    // A post made by hand, with a valid sign-in form token from the cookie.
+    let token = browser
+        .cookie("pgbastion_login")
+        .context("GET /login set no pgbastion_login cookie")?;
+    let page = browser
+        .post_form(
+            "/login/local",
+            &[
+                ("login_csrf", &token),
+                ("next", "/"),
+                ("login", ROOT_LOGIN),
+                ("password", ROOT_PASSWORD),
+            ],
+        )
+        .await?;
+    page.expect(StatusCode::FORBIDDEN, "local sign-in while it is off")?;
+    ensure!(
+        !page.sets_session(),
+        "a refused local sign-in set a session"
+    );
+    WebClient::oidc(&lab, "alice").await?;
+    Ok(())
+}
