@@ -372,8 +372,12 @@ fn run(lab: &ConsoleLab, journey: &mut Journey) -> anyhow::Result<()> {
                 "Client",
                 "Application",
                 "Length",
+                "Statements",
+                "Errors",
+                "Risky",
                 "Events",
-                "Status"
+                "Status",
+                "Recording"
             ]),
         "the sessions table has other columns than expected: {sessions}"
     );
@@ -384,14 +388,16 @@ fn run(lab: &ConsoleLab, journey: &mut Journey) -> anyhow::Result<()> {
     );
     let row = cells(&rows[0]);
     ensure!(
-        row.len() == 8
+        row.len() == 12
             && row[1] == "shop"
             && row[2] == pg::SCRAM_USER
             && row[3].starts_with("127.0.0.1")
             && row[4] == "psql"
-            && row[6] == events.to_string()
-            && row[7].starts_with("ended"),
-        "the session row should show shop, the role, psql, {events} events, ended: {sessions}"
+            && row[9] == events.to_string()
+            && row[10].starts_with("ended")
+            && row[11] == "sealed",
+        "the session row should show shop, the role, psql, {events} events, ended, sealed: \
+         {sessions}"
     );
 
     let signout = journey.step("signout")?;
