@@ -324,6 +324,11 @@ impl Relay {
                 s2c.poll_pump(cx, Pin::new(&mut *server), Pin::new(&mut *client), tap)
             {
                 return Poll::Ready(match r {
+                    // The server closing after the client's Terminate is the client quitting:
+                    // which end's EOF is seen first is a race.
+                    Ok(PumpDone::Eof) if self.client_to_server.last_tag == TERMINATE => {
+                        RelayEnd::ClientClosed { said_goodbye: true }
+                    }
                     Ok(PumpDone::Eof) => RelayEnd::ServerClosed,
                     Err((_, RelayError::Recording(e))) => RelayEnd::RecordingFailed(e),
                     Err((true, e)) => RelayEnd::ServerFailed(e),
@@ -470,6 +475,29 @@ mod tests {
             ]
         );
         assert!(seen.iter().all(|s| s.2 == s.3), "all frames complete");
+    }
+
+    #[tokio::test]
+    async fn a_server_closing_after_the_clients_terminate_is_the_client_quitting() {
+        let (mut client, mut gw_client) = duplex(64);
+        let (mut gw_server, mut server) = duplex(64);
+        let relay_task = tokio::spawn(async move {
+            let mut tap: Option<Box<dyn SessionTap>> = None;
+            let mut relay = Relay::new(1 << 20, BytesMut::new(), BytesMut::new());
+            relay.run(&mut gw_client, &mut gw_server, &mut tap).await
+        });
+        client.write_all(&msg(b'X', b"")).await.unwrap();
+        // The server reads the Terminate and closes while the client's socket is still open:
+        // the server's EOF is seen first.
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        drop(server);
+        let end = relay_task.await.unwrap();
+        assert!(
+            matches!(end, RelayEnd::ClientClosed { said_goodbye: true }),
+            "{end:?}"
+        );
+        drop(client);
     }
 
     #[tokio::test]
