@@ -89,6 +89,11 @@ pub struct ConsoleConfig {
     pub static_dir: Option<PathBuf>,
     /// Allow sign-in with local accounts (`pgbastion user add`).
     pub local_login: bool,
+    /// Addresses of reverse proxies in front of the console whose `X-Forwarded-For` names the
+    /// real client (for the audit log and the sign-in throttle). Empty: the TCP peer is the
+    /// client.
+    #[serde(deserialize_with = "ip_list_or_commas")]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// A console session ends after this long without a request.
     pub session_idle_secs: i64,
     /// A console session ends this long after sign-in, active or not.
@@ -186,6 +191,19 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
     })
 }
 
+/// IP addresses as a TOML array, or as one comma-separated string; anything else names itself.
+fn ip_list_or_commas<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    list_or_commas(d)?
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| serde::de::Error::custom(format!("'{s}' is not an IP address")))
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -250,6 +268,7 @@ impl Default for ConsoleConfig {
             tls_key: None,
             static_dir: None,
             local_login: true,
+            trusted_proxies: Vec::new(),
             session_idle_secs: 30 * 60,
             session_absolute_secs: 12 * 3600,
             login_max_failures: 5,
@@ -787,6 +806,30 @@ mod tests {
         let path = dir.path().join("pgbastion.toml");
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn trusted_proxies_are_ip_addresses_from_a_list_or_commas() {
+        let config = Config::load(
+            None,
+            env(&[("PGBASTION_CONSOLE_TRUSTED_PROXIES", "10.0.0.2, ::1")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.console.trusted_proxies,
+            vec![
+                "10.0.0.2".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        let err = Config::load(
+            None,
+            env(&[("PGBASTION_CONSOLE_TRUSTED_PROXIES", "10.0.0.2,proxy.local")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PGBASTION_CONSOLE_TRUSTED_PROXIES"), "{err}");
+        assert!(err.contains("'proxy.local' is not an IP address"), "{err}");
     }
 
     #[test]

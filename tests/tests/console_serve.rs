@@ -172,3 +172,58 @@ fn local_accounts_are_added_with_roles_and_a_password_that_is_checked() {
     let people = bastion.cli_ok(&["person", "list"]).unwrap();
     assert!(people.contains("carol"), "{people}");
 }
+
+/// A failed local sign-in posted with `X-Forwarded-For`; returns the address the audit log
+/// records for it.
+async fn audited_address(bastion: &Bastion) -> String {
+    let _serve = bastion.serve().unwrap();
+    wait_for_port(bastion.console_addr(), Duration::from_secs(20)).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = client
+        .get(format!("{}/login", bastion.console_url()))
+        .send()
+        .await
+        .unwrap();
+    let token = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("pgbastion_login="))
+        .and_then(|c| c.split(';').next())
+        .expect("a sign-in form token")
+        .to_string();
+    let res = client
+        .post(format!("{}/login/local", bastion.console_url()))
+        .header("cookie", format!("pgbastion_login={token}"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .form(&[
+            ("login_csrf", token.as_str()),
+            ("login", "nobody"),
+            ("password", "wrong password here"),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let store = gateway::store::open(&bastion.store_url()).await.unwrap();
+    let audit = store.list_audit(None, 10).await.unwrap();
+    let failed = audit
+        .iter()
+        .find(|e| e.action == "signin.failed")
+        .expect("the failed sign-in is audited");
+    failed.client_addr.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let plain = Bastion::new().unwrap();
+    assert_eq!(audited_address(&plain).await, "127.0.0.1");
+    let proxied = Bastion::with_env(&[("PGBASTION_CONSOLE_TRUSTED_PROXIES", "127.0.0.1")]).unwrap();
+    assert_eq!(audited_address(&proxied).await, "198.51.100.7");
+}

@@ -27,6 +27,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// Where `static/` is served from.
     pub static_dir: PathBuf,
+    /// Proxies whose `X-Forwarded-For` is believed (`console.trusted_proxies`).
+    pub trusted_proxies: Arc<[std::net::IpAddr]>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
             secrets,
             oidc,
             throttle: Arc::new(Throttle::default()),
+            trusted_proxies: config.console.trusted_proxies.clone().into(),
             public_url,
             static_dir: config
                 .console

@@ -110,7 +110,7 @@ where
                 roles: Roles::from_names(&s.roles),
                 csrf: s.csrf_token,
                 token_hash: s.token_hash,
-                client_addr: client_addr(parts),
+                client_addr: client_addr(parts, &state.trusted_proxies),
             }),
             Ok(None) => Err(NoViewer::SignIn { next }),
             Err(e) => Err(NoViewer::Error(e.into())),
@@ -118,23 +118,59 @@ where
     }
 }
 
-/// The client's address: the TCP peer (a proxy in front should be trusted explicitly; not yet
-/// configurable, so the peer it is).
-pub fn client_addr(parts: &Parts) -> Option<String> {
-    parts
+/// The client's address: the TCP peer, unless the peer is one of `console.trusted_proxies`;
+/// then the address that proxy (and any trusted proxy before it) got the request from, read
+/// from `X-Forwarded-For` right to left. Without this, behind a proxy every person would share
+/// the proxy's address, in the audit log and in the sign-in throttle.
+pub fn client_addr(parts: &Parts, trusted_proxies: &[std::net::IpAddr]) -> Option<String> {
+    let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| c.0.ip())?;
+    let forwarded = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    Some(forwarded_client(peer, &forwarded, trusted_proxies).to_string())
+}
+
+/// The first address, from the right of the forwarding chain `peer ← forwarded`, that is not a
+/// trusted proxy. A malformed entry stops the walk there: what is left of it cannot be trusted.
+fn forwarded_client(
+    peer: std::net::IpAddr,
+    forwarded: &str,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    let mut client = peer;
+    let mut hops = forwarded
+        .rsplit(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty());
+    while trusted.contains(&client) {
+        match hops.next().map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(ip)) => client = ip,
+            _ => break,
+        }
+    }
+    client
 }
 
 /// The client's address, for handlers without a viewer (sign-in).
 pub struct ClientAddr(pub Option<String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(client_addr(parts)))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        Ok(ClientAddr(client_addr(parts, &state.trusted_proxies)))
     }
 }
 
@@ -262,6 +298,32 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_first_untrusted_hop() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let lb = ip("10.0.0.2");
+        let trusted = [lb, ip("10.0.0.3")];
+        // Not behind a trusted proxy: the header is the client's to forge, and ignored.
+        assert_eq!(
+            forwarded_client(ip("192.0.2.9"), "1.2.3.4", &trusted),
+            ip("192.0.2.9")
+        );
+        assert_eq!(
+            forwarded_client(lb, "198.51.100.7", &trusted),
+            ip("198.51.100.7")
+        );
+        // Two trusted hops; the client's own forged entry on the left is not reached.
+        assert_eq!(
+            forwarded_client(lb, "6.6.6.6, 198.51.100.7, 10.0.0.3", &trusted),
+            ip("198.51.100.7")
+        );
+        // A trusted proxy that forwards garbage or nothing: its own address.
+        assert_eq!(forwarded_client(lb, "not-an-ip", &trusted), lb);
+        assert_eq!(forwarded_client(lb, "", &trusted), lb);
+        // No proxies configured: always the peer.
+        assert_eq!(forwarded_client(lb, "198.51.100.7", &[]), lb);
     }
 
     #[test]
