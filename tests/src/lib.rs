@@ -17,6 +17,7 @@ pub mod ports;
 pub mod process;
 pub mod scratch;
 pub mod serverlog;
+pub mod store_engine;
 pub mod web_client;
 
 pub use certs::{IssuedCert, TestCa};

@@ -19,71 +19,12 @@ use gateway::record::statements::IndexedStatement;
 use gateway::store::search::{MARK_END, MARK_START};
 use gateway::store::{
     EndReason, IndexUpdate, NewSession, RecordingPolicy, SessionEnd, StatementHit, StatementPage,
-    StatementQuery, Store, StoredEvent, TextMatch, postgres::PgStore, sqlite::SqliteStore,
+    StatementQuery, Store, StoredEvent, TextMatch, postgres::PgStore,
 };
 use harness::PgCluster;
+use harness::on_both_engines;
 use harness::pg::TRUST_USER;
-use tempfile::TempDir;
 use uuid::Uuid;
-
-// --- The two engines ---
-
-/// A store and what must outlive it. Fields drop in order: the store's pool before the
-/// directory or cluster it uses.
-struct Engine {
-    store: Arc<dyn Store>,
-    _dir: Option<TempDir>,
-    _cluster: Option<PgCluster>,
-}
-
-impl Engine {
-    async fn sqlite() -> Result<Engine> {
-        let dir = tempfile::tempdir()?;
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let store = SqliteStore::open(&url).await?;
-        Ok(Engine {
-            store: Arc::new(store),
-            _dir: Some(dir),
-            _cluster: None,
-        })
-    }
-
-    async fn postgres() -> Result<Engine> {
-        let cluster = PgCluster::start()?;
-        cluster.create_database("store")?;
-        let store = PgStore::open(&cluster.superuser_url("store"))
-            .await
-            .with_context(|| format!("server log:\n{}", cluster.log()))?;
-        Ok(Engine {
-            store: Arc::new(store),
-            _dir: None,
-            _cluster: Some(cluster),
-        })
-    }
-}
-
-macro_rules! on_both_engines {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    let engine = super::Engine::sqlite().await?;
-                    super::$check(engine.store.clone()).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    let engine = super::Engine::postgres().await?;
-                    super::$check(engine.store.clone()).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_engines!(
     every_session_has_counts_from_the_start,

@@ -7,7 +7,6 @@
 //! its [`Raw`] SQL instead. Checks that concern one engine's set-up (directory creation,
 //! concurrent migrations) are plain tests at the end.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,163 +19,23 @@ use gateway::store::{
     sqlite::SqliteStore,
 };
 use harness::PgCluster;
+use harness::on_both_engines;
+use harness::store_engine::{PG_DB, RawSql, StoreEngine as Engine, sqlite_url};
 use tempfile::TempDir;
 use tokio::sync::mpsc::Receiver;
 use uuid::Uuid;
 
-// --- The two engines ---
+// --- The two engines (harness::store_engine) ---
 
-/// A store and what must outlive it. Fields drop in order: the store's pool before the
-/// directory or cluster it uses.
-struct Engine {
-    store: Arc<dyn Store>,
-    dir: Option<TempDir>,
-    cluster: Option<PgCluster>,
-}
-
-/// The database name of the PostgreSQL engine's store.
-const PG_DB: &str = "store";
-
-impl Engine {
-    async fn sqlite() -> Result<Engine> {
-        let dir = tempfile::tempdir()?;
-        let store = SqliteStore::open(&sqlite_url(dir.path())).await?;
-        Ok(Engine {
-            store: Arc::new(store),
-            dir: Some(dir),
-            cluster: None,
-        })
-    }
-
-    async fn postgres() -> Result<Engine> {
-        let cluster = PgCluster::start()?;
-        cluster.create_database(PG_DB)?;
-        let store = PgStore::open(&cluster.superuser_url(PG_DB))
-            .await
-            .with_context(|| format!("server log:\n{}", cluster.log()))?;
-        Ok(Engine {
-            store: Arc::new(store),
-            dir: None,
-            cluster: Some(cluster),
-        })
-    }
-
-    fn raw(&self) -> Raw<'_> {
-        match (&self.cluster, &self.dir) {
-            (Some(cluster), _) => Raw::Postgres(cluster),
-            (None, Some(dir)) => Raw::Sqlite(dir.path().join("store.db")),
-            (None, None) => unreachable!("an engine has a directory or a cluster"),
+/// What to run first so that the next statements can store rows the recording blocks' CHECK
+/// constraints refuse.
+fn without_checks(raw: &RawSql) -> &'static str {
+    match raw {
+        RawSql::Sqlite(_) => "PRAGMA ignore_check_constraints = ON",
+        RawSql::Postgres(_) => {
+            "ALTER TABLE recording_blocks DROP CONSTRAINT recording_blocks_hashes_check"
         }
     }
-}
-
-fn sqlite_url(dir: &Path) -> String {
-    format!("sqlite://{}", dir.join("store.db").display())
-}
-
-/// SQL run on a store's database directly, not through the store: psql for PostgreSQL, Python's
-/// sqlite3 module for SQLite (the tests crate has no SQL driver of its own; scripts/setup
-/// installs Python).
-enum Raw<'c> {
-    Sqlite(PathBuf),
-    Postgres(&'c PgCluster),
-}
-
-impl Raw<'_> {
-    /// Runs the statements in order, each committed; returns the rows they return as lines of
-    /// `|`-separated values.
-    fn run(&self, statements: &[&str]) -> Result<Vec<String>> {
-        let out = match self {
-            Raw::Postgres(cluster) => {
-                cluster.psql(PG_DB, &format!("{};", statements.join(";\n")))?
-            }
-            Raw::Sqlite(path) => {
-                const SCRIPT: &str = "import sqlite3, sys\n\
-                    db = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)\n\
-                    for sql in sys.argv[2:]:\n    \
-                        for row in db.execute(sql):\n        \
-                            print('|'.join('' if v is None else str(v) for v in row))\n";
-                let out = std::process::Command::new("python3")
-                    .arg("-c")
-                    .arg(SCRIPT)
-                    .arg(path)
-                    .args(statements)
-                    .output()
-                    .context("cannot run python3 (scripts/setup installs it)")?;
-                if !out.status.success() {
-                    bail!(
-                        "SQL on {} failed: {}\nSQL: {statements:?}",
-                        path.display(),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                String::from_utf8(out.stdout)?
-            }
-        };
-        Ok(out.lines().map(str::to_owned).collect())
-    }
-
-    /// A uuid as a literal of this engine (SQLite stores it as a 16-byte blob).
-    fn uuid(&self, id: Uuid) -> String {
-        match self {
-            Raw::Sqlite(_) => format!("x'{}'", id.simple()),
-            Raw::Postgres(_) => format!("'{id}'::uuid"),
-        }
-    }
-
-    /// Bytes as a literal of this engine.
-    fn bytes(&self, bytes: &[u8]) -> String {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        match self {
-            Raw::Sqlite(_) => format!("x'{hex}'"),
-            Raw::Postgres(_) => format!("'\\x{hex}'::bytea"),
-        }
-    }
-
-    /// Statements that let the next ones store rows the table's CHECK constraints refuse.
-    fn without_checks(&self) -> &'static str {
-        match self {
-            Raw::Sqlite(_) => "PRAGMA ignore_check_constraints = ON",
-            Raw::Postgres(_) => {
-                "ALTER TABLE recording_blocks DROP CONSTRAINT recording_blocks_hashes_check"
-            }
-        }
-    }
-}
-
-macro_rules! on_both_engines {
-    ($($check:ident),* $(,)?; with_raw_sql: $($raw_check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    let engine = super::Engine::sqlite().await?;
-                    super::$check(engine.store.clone()).await
-                }
-            )*
-            $(
-                #[tokio::test]
-                async fn $raw_check() -> anyhow::Result<()> {
-                    super::$raw_check(&super::Engine::sqlite().await?).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $check() -> anyhow::Result<()> {
-                    let engine = super::Engine::postgres().await?;
-                    super::$check(engine.store.clone()).await
-                }
-            )*
-            $(
-                #[tokio::test]
-                async fn $raw_check() -> anyhow::Result<()> {
-                    super::$raw_check(&super::Engine::postgres().await?).await
-                }
-            )*
-        }
-    };
 }
 
 on_both_engines!(
@@ -1656,7 +1515,7 @@ async fn corrupt_blocks_are_reported_as_corrupt_naming_the_block(engine: &Engine
 
     // A hash cut short in the first block (past the CHECK that would refuse it).
     raw.run(&[
-        raw.without_checks(),
+        without_checks(&raw),
         &format!(
             "UPDATE recording_blocks SET hashes = substr(hashes, 1, 100) {}",
             block(0)
@@ -1668,8 +1527,8 @@ async fn corrupt_blocks_are_reported_as_corrupt_naming_the_block(engine: &Engine
     // Both put right, then a body with an event too many in the second block.
     let hashes: Vec<u8> = all[..5].iter().flat_map(|e| e.hash.clone()).collect();
     let newline = match raw {
-        Raw::Sqlite(_) => "char(10)",
-        Raw::Postgres(_) => "chr(10)",
+        RawSql::Sqlite(_) => "char(10)",
+        RawSql::Postgres(_) => "chr(10)",
     };
     raw.run(&[
         &format!(
@@ -1975,7 +1834,7 @@ async fn gateways_opening_one_new_postgres_store_at_once_all_succeed() -> Result
 
 /// Events as stored before blocks (one row per event, migration 0004), written with raw SQL;
 /// returns them as the store must give them back after migration 0005.
-fn store_events_the_old_way(raw: &Raw<'_>, session_id: Uuid) -> Result<Vec<StoredEvent>> {
+fn store_events_the_old_way(raw: &RawSql<'_>, session_id: Uuid) -> Result<Vec<StoredEvent>> {
     let rows = [
         (
             "1969-12-31T23:59:59.999999Z",
@@ -2055,7 +1914,7 @@ async fn sqlite_events_stored_before_blocks_read_back_the_same_after_the_migrati
     let url = sqlite_url(dir.path());
     drop(SqliteStore::open_at_migration(&url, 4).await?);
     let id = Uuid::new_v4();
-    let wanted = store_events_the_old_way(&Raw::Sqlite(dir.path().join("store.db")), id)?;
+    let wanted = store_events_the_old_way(&RawSql::Sqlite(dir.path().join("store.db")), id)?;
     let store = Arc::new(SqliteStore::open(&url).await?);
     old_events_read_back_the_same_in_blocks(store, id, &wanted).await
 }
@@ -2068,7 +1927,7 @@ async fn postgres_events_stored_before_blocks_read_back_the_same_after_the_migra
     let url = cluster.superuser_url(PG_DB);
     drop(PgStore::open_at_migration(&url, 4).await?);
     let id = Uuid::new_v4();
-    let wanted = store_events_the_old_way(&Raw::Postgres(&cluster), id)?;
+    let wanted = store_events_the_old_way(&RawSql::Postgres(&cluster), id)?;
     let store = Arc::new(PgStore::open(&url).await?);
     old_events_read_back_the_same_in_blocks(store, id, &wanted).await
 }

@@ -4,131 +4,18 @@
 //! throwaway cluster). The one check that writes behind the store's back (to prove a CHECK
 //! constraint) takes the [`Engine`] and runs raw SQL on its database.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, Utc};
 use gateway::store::{
     AccessRequest, AuthMethod, ConsoleSession, Decision, GrantSubject, LocalAccount, NewAuditEntry,
     NewGrant, NewTarget, RecordingPolicy, RequestFilter, RequestStatus, Store, StoreError,
-    TargetEdit, UpstreamTls, postgres::PgStore, sqlite::SqliteStore,
+    TargetEdit, UpstreamTls,
 };
-use harness::PgCluster;
-use tempfile::TempDir;
+use harness::on_both_engines;
+use harness::store_engine::StoreEngine as Engine;
 use uuid::Uuid;
-
-// --- The two engines ---
-
-/// A store and what must outlive it; the store's pool drops before its directory or cluster.
-struct Engine {
-    store: Arc<dyn Store>,
-    dir: Option<TempDir>,
-    cluster: Option<PgCluster>,
-}
-
-const PG_DB: &str = "store";
-
-impl Engine {
-    async fn sqlite() -> Result<Engine> {
-        let dir = tempfile::tempdir()?;
-        let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        let store = SqliteStore::open(&url).await?;
-        Ok(Engine {
-            store: Arc::new(store),
-            dir: Some(dir),
-            cluster: None,
-        })
-    }
-
-    async fn postgres() -> Result<Engine> {
-        let cluster = PgCluster::start()?;
-        cluster.create_database(PG_DB)?;
-        let store = PgStore::open(&cluster.superuser_url(PG_DB))
-            .await
-            .with_context(|| format!("server log:\n{}", cluster.log()))?;
-        Ok(Engine {
-            store: Arc::new(store),
-            dir: None,
-            cluster: Some(cluster),
-        })
-    }
-
-    /// Runs one statement on the store's database directly: psql for PostgreSQL, Python's
-    /// sqlite3 for SQLite (the tests crate has no SQL driver of its own). Err(the engine's
-    /// message) when the database refuses it.
-    fn raw(&self, sql: &str) -> Result<std::result::Result<(), String>> {
-        match (&self.cluster, &self.dir) {
-            (Some(cluster), _) => Ok(cluster
-                .psql(PG_DB, sql)
-                .map(drop)
-                .map_err(|e| format!("{e:#}"))),
-            (None, Some(dir)) => {
-                const SCRIPT: &str = "import sqlite3, sys\n\
-                    db = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)\n\
-                    db.execute(sys.argv[2])\n";
-                let path: PathBuf = dir.path().join("store.db");
-                let out = std::process::Command::new("python3")
-                    .args(["-c", SCRIPT])
-                    .arg(&path)
-                    .arg(sql)
-                    .output()
-                    .context("cannot run python3 (scripts/setup installs it)")?;
-                Ok(if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(String::from_utf8_lossy(&out.stderr).into_owned())
-                })
-            }
-            (None, None) => bail!("an engine has a directory or a cluster"),
-        }
-    }
-
-    /// A uuid as a literal of this engine (SQLite stores it as a 16-byte blob).
-    fn uuid_literal(&self, id: Uuid) -> String {
-        if self.cluster.is_some() {
-            format!("'{id}'::uuid")
-        } else {
-            format!("x'{}'", id.simple())
-        }
-    }
-}
-
-macro_rules! on_both_engines {
-    ($($check:ident),* $(,)?; with_raw_sql: $($raw_check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                // Multi-threaded, so that checks racing two calls really run them at once.
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() -> anyhow::Result<()> {
-                    let engine = super::Engine::sqlite().await?;
-                    super::$check(engine.store.clone()).await
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $raw_check() -> anyhow::Result<()> {
-                    super::$raw_check(&super::Engine::sqlite().await?).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() -> anyhow::Result<()> {
-                    let engine = super::Engine::postgres().await?;
-                    super::$check(engine.store.clone()).await
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $raw_check() -> anyhow::Result<()> {
-                    super::$raw_check(&super::Engine::postgres().await?).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_engines!(
     local_account_round_trips_and_a_second_one_for_the_login_is_a_duplicate,
@@ -734,14 +621,18 @@ async fn only_the_requester_cancels_and_only_while_pending_or_approved(
 
 async fn the_database_refuses_a_self_decided_request(engine: &Engine) -> Result<()> {
     let r = stored_request(&engine.store, "bob").await?;
-    let refused = engine.raw(&format!(
+    let raw = engine.raw();
+    let refused = raw.run(&[&format!(
         "UPDATE access_requests SET status = 'approved', decided_by = person_login \
          WHERE id = {}",
-        engine.uuid_literal(r.id)
-    ))?;
-    let message = refused
-        .err()
-        .context("the database stored a request decided by its requester")?;
+        raw.uuid(r.id)
+    )]);
+    let message = format!(
+        "{:#}",
+        refused
+            .err()
+            .context("the database stored a request decided by its requester")?
+    );
     assert!(
         message.contains("CHECK") || message.contains("check constraint"),
         "expected a CHECK violation, got: {message}"
