@@ -73,9 +73,7 @@ impl IntoResponse for NoViewer {
                 };
                 let mut res = Redirect::to(&target).into_response();
                 // A stale cookie is cleared, so the browser stops sending it.
-                if let Ok(v) = session::clear_cookie().parse() {
-                    res.headers_mut().append(header::SET_COOKIE, v);
-                }
+                session::set_cookie(&mut res, &session::clear_cookie());
                 res
             }
             NoViewer::Error(e) => e.into_response(),
@@ -173,6 +171,11 @@ where
         Ok(ClientAddr(client_addr(parts, &state.trusted_proxies)))
     }
 }
+
+/// The form of a state-changing request that carries nothing but its CSRF token (sign-out,
+/// revoke, collect...).
+#[derive(Debug, serde::Deserialize)]
+pub struct NoFields {}
 
 /// A state-changing request from a signed-in viewer, with its form decoded: the CSRF token in
 /// the form must match the session's, and the browser must not say the request came from

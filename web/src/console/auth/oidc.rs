@@ -228,9 +228,7 @@ pub async fn start(
          Max-Age={PENDING_TTL_SECS}"
     );
     let mut res = Redirect::to(url.as_str()).into_response();
-    if let Ok(v) = cookie.parse() {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
+    session::set_cookie(&mut res, &cookie);
     Ok(res)
 }
 
@@ -279,9 +277,7 @@ pub async fn callback(
         }
     };
     // The pending sign-in is used up whatever happened: a second try starts again.
-    if let Ok(v) = clear_pending().parse() {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
+    session::set_cookie(&mut res, &clear_pending());
     res
 }
 

@@ -52,6 +52,16 @@ pub fn session_cookie(token: &str, max_age_secs: i64) -> String {
     format!("{COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age_secs}")
 }
 
+/// Adds a `Set-Cookie` to `res`. Every cookie here is built from fixed text and URL-safe
+/// tokens, so it is always a valid header value; one that were not is left out rather than
+/// failing the response.
+pub fn set_cookie(res: &mut axum::response::Response, cookie: &str) {
+    if let Ok(value) = cookie.parse() {
+        res.headers_mut()
+            .append(axum::http::header::SET_COOKIE, value);
+    }
+}
+
 pub fn clear_cookie() -> String {
     format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0")
 }

@@ -8,7 +8,7 @@ use gateway::store::AuthMethod;
 use serde::Deserialize;
 
 use super::session::{self, cookie_value};
-use super::{ClientAddr, Form, Roles, password};
+use super::{ClientAddr, Form, NoFields, Roles, password};
 use crate::console::AppState;
 use crate::console::error::{ConsoleError, ConsoleResult};
 use crate::console::view::{LoginPage, render};
@@ -66,9 +66,7 @@ fn login_page(
     let cookie = format!(
         "{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; Secure; SameSite=Strict; Max-Age=3600"
     );
-    if let Ok(v) = cookie.parse() {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
+    session::set_cookie(&mut res, &cookie);
     res
 }
 
@@ -221,16 +219,14 @@ pub async fn local(
 /// The redirect that completes a sign-in, setting the session cookie.
 pub fn signed_in(token: &str, max_age_secs: i64, next: &str) -> Response {
     let mut res = Redirect::to(next).into_response();
-    if let Ok(v) = session::session_cookie(token, max_age_secs).parse() {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
+    session::set_cookie(&mut res, &session::session_cookie(token, max_age_secs));
     res
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
-
-pub async fn logout(State(state): State<AppState>, form: Form<Empty>) -> ConsoleResult<Response> {
+pub async fn logout(
+    State(state): State<AppState>,
+    form: Form<NoFields>,
+) -> ConsoleResult<Response> {
     let viewer = form.viewer;
     state
         .store
@@ -246,8 +242,6 @@ pub async fn logout(State(state): State<AppState>, form: Form<Empty>) -> Console
         )
         .await?;
     let mut res = Redirect::to("/login").into_response();
-    if let Ok(v) = session::clear_cookie().parse() {
-        res.headers_mut().append(header::SET_COOKIE, v);
-    }
+    session::set_cookie(&mut res, &session::clear_cookie());
     Ok(res)
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::parse_id;
 use crate::connection::Connection;
 use crate::console::AppState;
-use crate::console::auth::{Form, Role, Viewer};
+use crate::console::auth::{Form, NoFields, Role, Viewer};
 use crate::console::error::{ConsoleError, ConsoleResult};
 use crate::console::view::{Nav, duration, render, time};
 
@@ -278,14 +278,11 @@ pub async fn my_requests(State(state): State<AppState>, viewer: Viewer) -> Conso
     }))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
-
 /// `POST /requests/{id}/collect`: the credential of an approved request, once.
 pub async fn collect(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Form { viewer, .. }: Form<Empty>,
+    Form { viewer, .. }: Form<NoFields>,
 ) -> ConsoleResult<Response> {
     viewer.require(Role::User)?;
     let id = parse_id(&id)?;
@@ -342,7 +339,7 @@ pub async fn collect(
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Form { viewer, .. }: Form<Empty>,
+    Form { viewer, .. }: Form<NoFields>,
 ) -> ConsoleResult<Response> {
     viewer.require(Role::User)?;
     let id = parse_id(&id)?;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::parse_id;
 use crate::console::AppState;
-use crate::console::auth::{Form, Role, Viewer};
+use crate::console::auth::{Form, NoFields, Role, Viewer};
 use crate::console::error::{ConsoleError, ConsoleResult};
 use crate::console::view::{Nav, render, time};
 
@@ -91,13 +91,10 @@ pub async fn list(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
-
 pub async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Form { viewer, .. }: Form<Empty>,
+    Form { viewer, .. }: Form<NoFields>,
 ) -> ConsoleResult<Response> {
     let id = parse_id(&id)?;
     let credential = state

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::super::parse_id;
 use super::{Choice, Done, done_redirect, gone, parse_flag, path_segment, pg_name, ticked};
 use crate::console::AppState;
-use crate::console::auth::{Form, Role, Viewer};
+use crate::console::auth::{Form, NoFields, Role, Viewer};
 use crate::console::error::{ConsoleError, ConsoleResult};
 use crate::console::view::{Nav, duration, render, time};
 
@@ -364,13 +364,10 @@ fn grant_detail(grant: &Grant) -> serde_json::Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
-
 pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Form { viewer, .. }: Form<Empty>,
+    Form { viewer, .. }: Form<NoFields>,
 ) -> ConsoleResult<Response> {
     viewer.require(Role::Admin)?;
     let grant = find(&state, &id).await?;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{Done, done_redirect, gone, path_segment, ticked};
 use crate::console::AppState;
-use crate::console::auth::{Form, Role, Roles, Viewer};
+use crate::console::auth::{Form, NoFields, Role, Roles, Viewer};
 use crate::console::error::{ConsoleError, ConsoleResult};
 use crate::console::view::{Nav, render, time};
 
@@ -287,13 +287,10 @@ pub async fn set_roles(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
-
 pub async fn sign_out(
     State(state): State<AppState>,
     Path(login): Path<String>,
-    Form { viewer, .. }: Form<Empty>,
+    Form { viewer, .. }: Form<NoFields>,
 ) -> ConsoleResult<Response> {
     viewer.require(Role::Admin)?;
     let known = state.store.person_by_login(&login).await?.is_some()

@@ -13,7 +13,7 @@ use super::target_form::{
 };
 use super::{Choice, Done, choices, done_redirect, gone, parse_flag, path_segment};
 use crate::console::AppState;
-use crate::console::auth::{Form, Role, Viewer};
+use crate::console::auth::{Form, NoFields, Role, Viewer};
 use crate::console::error::{ConsoleError, ConsoleResult};
 use crate::console::view::{Nav, render, time};
 
@@ -419,13 +419,10 @@ pub async fn set_enabled(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Empty {}
-
 pub async fn test(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Form { viewer, .. }: Form<Empty>,
+    Form { viewer, .. }: Form<NoFields>,
 ) -> ConsoleResult<Response> {
     viewer.require(Role::Admin)?;
     let target = find(&state, &name).await?;
