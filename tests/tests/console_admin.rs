@@ -16,6 +16,21 @@ const ADMIN_PAGES: [&str; 4] = [
     "/admin/people",
 ];
 
+/// The target form's fields for the lab's cluster, as the SCRAM role with `password`.
+fn target_fields<'a>(csrf: &'a str, port: &'a str, password: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("csrf", csrf),
+        ("host", "127.0.0.1"),
+        ("port", port),
+        ("database", pg::APP_DB),
+        ("tls_mode", "disable"),
+        ("ca_pem", ""),
+        ("upstream_user", pg::SCRAM_USER),
+        ("upstream_password", password),
+        ("recording", "strict"),
+    ]
+}
+
 #[tokio::test]
 async fn only_admins_open_or_use_the_admin_pages() -> Result<()> {
     let lab = ConsoleLab::start(&[])?;
@@ -57,23 +72,11 @@ async fn an_admin_adds_tests_edits_and_grants_a_target_whose_secret_never_comes_
     let right = PgCluster::password(pg::SCRAM_USER);
 
     // Added with a wrong password: the connection test says so.
-    root.post_form(
-        "/admin/targets",
-        &[
-            ("csrf", &csrf),
-            ("name", "orders"),
-            ("host", "127.0.0.1"),
-            ("port", &port),
-            ("database", pg::APP_DB),
-            ("tls_mode", "disable"),
-            ("ca_pem", ""),
-            ("upstream_user", pg::SCRAM_USER),
-            ("upstream_password", wrong),
-            ("recording", "strict"),
-        ],
-    )
-    .await?
-    .expect_redirect_path("/admin/targets", "adding a target")?;
+    let mut add = target_fields(&csrf, &port, wrong);
+    add.push(("name", "orders"));
+    root.post_form("/admin/targets", &add)
+        .await?
+        .expect_redirect_path("/admin/targets", "adding a target")?;
     let tested = root
         .post_form("/admin/targets/orders/test", &[("csrf", &csrf)])
         .await?;
@@ -85,22 +88,9 @@ async fn an_admin_adds_tests_edits_and_grants_a_target_whose_secret_never_comes_
     );
 
     // A new password fixes it; the page never shows either.
-    root.post_form(
-        "/admin/targets/orders",
-        &[
-            ("csrf", &csrf),
-            ("host", "127.0.0.1"),
-            ("port", &port),
-            ("database", pg::APP_DB),
-            ("tls_mode", "disable"),
-            ("ca_pem", ""),
-            ("upstream_user", pg::SCRAM_USER),
-            ("upstream_password", right),
-            ("recording", "strict"),
-        ],
-    )
-    .await?
-    .expect_redirect_path("/admin/targets/orders", "editing a target")?;
+    root.post_form("/admin/targets/orders", &target_fields(&csrf, &port, right))
+        .await?
+        .expect_redirect_path("/admin/targets/orders", "editing a target")?;
     let tested = root
         .post_form("/admin/targets/orders/test", &[("csrf", &csrf)])
         .await?;

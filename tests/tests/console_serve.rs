@@ -81,10 +81,26 @@ async fn the_console_serves_https_with_hsts_when_given_a_certificate() {
 
 #[test]
 fn a_disabled_console_does_not_listen() {
+    // The same wait with the console on shows it listening and saying so, so the checks below
+    // would see a console that started.
+    let enabled = Bastion::new().unwrap();
+    let _on = enabled.serve().unwrap();
+    wait_for_port(enabled.console_addr(), Duration::from_secs(20)).unwrap();
+    assert!(
+        enabled.log().contains("console listening"),
+        "{}",
+        enabled.log()
+    );
+
     let bastion = Bastion::with_env(&[("PGBASTION_CONSOLE_ENABLED", "false")]).unwrap();
     let _serve = bastion.serve().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(!port_open(bastion.console_addr()));
+    assert!(
+        !bastion.log().contains("console listening"),
+        "{}",
+        bastion.log()
+    );
 }
 
 #[test]
