@@ -472,15 +472,8 @@ impl StatementFolder {
                 }
             }
             Some(Waiting::Execute { .. }) => {
-                let Some(Waiting::Execute {
-                    draft: seq,
-                    portal,
-                    started,
-                    ..
-                }) = self.waiting.pop_front()
-                else {
-                    unreachable!("the front is an Execute")
-                };
+                let (seq, portal, started) =
+                    self.take_front_execute().expect("the front is an Execute");
                 if let Some(portal) = self.portals.get_mut(&portal) {
                     portal.state = PortalState::Done;
                 }
@@ -497,19 +490,27 @@ impl StatementFolder {
         }
     }
 
+    /// Takes the Execute first in line, if that is what is first: its draft's seq, its portal
+    /// and when it started.
+    fn take_front_execute(&mut self) -> Option<(i64, String, DateTime<Utc>)> {
+        if !matches!(self.waiting.front(), Some(Waiting::Execute { .. })) {
+            return None;
+        }
+        match self.waiting.pop_front() {
+            Some(Waiting::Execute {
+                draft,
+                portal,
+                started,
+                ..
+            }) => Some((draft, portal, started)),
+            _ => None,
+        }
+    }
+
     fn suspended(&mut self, at: DateTime<Utc>) {
         self.answered();
-        if !matches!(self.waiting.front(), Some(Waiting::Execute { .. })) {
+        let Some((seq, portal, started)) = self.take_front_execute() else {
             return;
-        }
-        let Some(Waiting::Execute {
-            draft: seq,
-            portal,
-            started,
-            ..
-        }) = self.waiting.pop_front()
-        else {
-            unreachable!("the front is an Execute")
         };
         let Some(draft) = self.drafts.get_mut(&seq) else {
             return;
@@ -554,15 +555,8 @@ impl StatementFolder {
                 self.abandon_until_sync();
             }
             Some(Waiting::Execute { .. }) => {
-                let Some(Waiting::Execute {
-                    draft: seq,
-                    portal,
-                    started,
-                    ..
-                }) = self.waiting.pop_front()
-                else {
-                    unreachable!("the front is an Execute")
-                };
+                let (seq, portal, started) =
+                    self.take_front_execute().expect("the front is an Execute");
                 // A failed portal cannot be continued.
                 if let Some(portal) = self.portals.get_mut(&portal) {
                     portal.state = PortalState::Done;
