@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/credentials/{id}/revoke", post(pages::credentials::revoke))
         .route("/sessions", get(pages::sessions::mine))
         .route("/audit", get(pages::audit::list))
+        .merge(pages::replay::routes())
+        .merge(pages::export::routes())
         .merge(pages::admin::routes())
         .nest_service("/static", ServeDir::new(static_dir))
         .fallback(pages::not_found)

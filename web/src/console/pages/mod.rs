@@ -5,7 +5,9 @@ pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod credentials;
+pub mod export;
 pub mod home;
+pub mod replay;
 pub mod sessions;
 
 use axum::response::Response;

@@ -29,32 +29,32 @@ const MAX_TEXT_CHARS: usize = 500;
 #[derive(Debug, Default, Deserialize)]
 pub struct Filters {
     #[serde(default)]
-    person: String,
+    pub person: String,
     #[serde(default)]
-    target: String,
+    pub target: String,
     /// live, ended or terminated.
     #[serde(default)]
-    status: String,
+    pub status: String,
     /// Dates (UTC), inclusive.
     #[serde(default)]
-    from: String,
+    pub from: String,
     #[serde(default)]
-    to: String,
+    pub to: String,
     /// Free text over statements and their parameters.
     #[serde(default)]
-    q: String,
+    pub q: String,
     /// "words" (default) or "substring".
     #[serde(default)]
-    mode: String,
+    pub mode: String,
     #[serde(default)]
-    class: String,
+    pub class: String,
     #[serde(default)]
-    errors: String,
+    pub errors: String,
     #[serde(default)]
-    risky: String,
+    pub risky: String,
     /// Keyset cursor of the next page: `RFC3339,uuid` (sessions) or `RFC3339,uuid,seq`.
     #[serde(default)]
-    before: String,
+    pub before: String,
 }
 
 impl Filters {
@@ -121,6 +121,42 @@ fn opt(value: &str) -> Option<String> {
     (!v.is_empty()).then(|| v.to_string())
 }
 
+/// The statement search the filters ask for, limited to `person` (a user's own sessions).
+pub fn statement_query(f: &Filters, person: Option<String>) -> ConsoleResult<StatementQuery> {
+    let text: String = f.q.trim().chars().take(MAX_TEXT_CHARS).collect();
+    Ok(StatementQuery {
+        text: (!text.is_empty()).then_some(text),
+        text_match: match f.mode.as_str() {
+            "" | "words" => TextMatch::Words,
+            "substring" => TextMatch::Substring,
+            other => return Err(bad("mode", other)),
+        },
+        session_id: None,
+        person,
+        target: opt(&f.target),
+        class: match f.class.as_str() {
+            "" => None,
+            name => Some(parse_class(name).ok_or_else(|| bad("class", name))?),
+        },
+        has_error: flag("errors", &f.errors)?,
+        risky: flag("risky", &f.risky)?,
+        after: date("from", &f.from, false)?,
+        before: date("to", &f.to, true)?,
+    })
+}
+
+/// Whose sessions the viewer may see: everyone's (auditors, admins: `Ok(None)` or the person
+/// the filter names) or only their own.
+pub fn visible_person(viewer: &Viewer, asked: &str) -> ConsoleResult<(bool, Option<String>)> {
+    let everyone = viewer.roles.has(Role::Auditor) || viewer.roles.has(Role::Admin);
+    if everyone {
+        Ok((true, opt(asked)))
+    } else {
+        viewer.require(Role::User)?;
+        Ok((false, Some(viewer.login.clone())))
+    }
+}
+
 pub struct SessionRow {
     pub id: String,
     pub person: String,
@@ -184,16 +220,8 @@ pub async fn mine(
     viewer: Viewer,
     Query(f): Query<Filters>,
 ) -> ConsoleResult<Response> {
-    let everyone = viewer.roles.has(Role::Auditor) || viewer.roles.has(Role::Admin);
-    if !everyone {
-        viewer.require(Role::User)?;
-    }
     // A user's own sessions only, whatever the URL says.
-    let person = if everyone {
-        opt(&f.person)
-    } else {
-        Some(viewer.login.clone())
-    };
+    let (everyone, person) = visible_person(&viewer, &f.person)?;
     let after = date("from", &f.from, false)?;
     let before_time = date("to", &f.to, true)?;
     let mut page = SessionsPage {
@@ -229,26 +257,7 @@ pub async fn mine(
         .to_vec(),
     };
     if page.searching {
-        let text: String = f.q.trim().chars().take(MAX_TEXT_CHARS).collect();
-        let query = StatementQuery {
-            text: (!text.is_empty()).then_some(text),
-            text_match: match f.mode.as_str() {
-                "" | "words" => TextMatch::Words,
-                "substring" => TextMatch::Substring,
-                other => return Err(bad("mode", other)),
-            },
-            session_id: None,
-            person,
-            target: opt(&f.target),
-            class: match f.class.as_str() {
-                "" => None,
-                name => Some(parse_class(name).ok_or_else(|| bad("class", name))?),
-            },
-            has_error: flag("errors", &f.errors)?,
-            risky: flag("risky", &f.risky)?,
-            after,
-            before: before_time,
-        };
+        let query = statement_query(&f, person)?;
         let cursor = statement_cursor(&f.before)?;
         let hits = state
             .store
