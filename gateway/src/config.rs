@@ -103,6 +103,9 @@ pub struct ConsoleConfig {
     /// How long the first lock lasts; each further failure while over the limit doubles it
     /// (capped at a day).
     pub login_lockout_secs: i64,
+    /// Let auditors end live sessions too (admins always can). Off by default: auditing is
+    /// reading, and ending someone's session is an act of its own.
+    pub auditors_can_terminate: bool,
 }
 
 /// Sign-in through an OpenID Connect provider (authorization code flow with PKCE). Off while
@@ -169,6 +172,9 @@ pub struct RecordingConfig {
     /// comma-separated list. An empty list redacts only role passwords.
     #[serde(deserialize_with = "list_or_commas")]
     pub secret_patterns: Vec<String>,
+    /// How often the retention job deletes the sessions of targets that keep them for a
+    /// limited number of days (`pgbastion target retention`).
+    pub retention_interval_secs: u64,
 }
 
 /// A list as a TOML array, or as one comma-separated string (how an environment variable
@@ -273,6 +279,7 @@ impl Default for ConsoleConfig {
             session_absolute_secs: 12 * 3600,
             login_max_failures: 5,
             login_lockout_secs: 60,
+            auditors_can_terminate: false,
         }
     }
 }
@@ -332,6 +339,7 @@ impl Default for RecordingConfig {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            retention_interval_secs: 3600,
         }
     }
 }
@@ -587,6 +595,10 @@ impl Config {
         )?;
         positive("recording.flush_interval_millis", r.flush_interval_millis)?;
         positive("recording.commit_timeout_millis", r.commit_timeout_millis)?;
+        positive(
+            "recording.retention_interval_secs",
+            r.retention_interval_secs,
+        )?;
         crate::record::capture::SecretPatterns::new(&r.secret_patterns).map_err(|message| {
             ConfigError::Value {
                 key: "recording.secret_patterns",
@@ -1008,6 +1020,18 @@ format = "json"
     }
 
     #[test]
+    fn auditors_may_not_terminate_sessions_unless_configured() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert!(!config.console.auditors_can_terminate);
+        let config = Config::load(
+            None,
+            env(&[("PGBASTION_CONSOLE_AUDITORS_CAN_TERMINATE", "true")]),
+        )
+        .unwrap();
+        assert!(config.console.auditors_can_terminate);
+    }
+
+    #[test]
     fn impossible_values_are_refused_by_validate() {
         let cases = [
             (
@@ -1031,6 +1055,11 @@ format = "json"
                 "PGBASTION_GATEWAY_TLS_CERT",
                 "/only-cert.pem",
                 "gateway.tls_cert",
+            ),
+            (
+                "PGBASTION_RECORDING_RETENTION_INTERVAL_SECS",
+                "0",
+                "recording.retention_interval_secs",
             ),
         ];
         for (var, value, key) in cases {

@@ -267,6 +267,7 @@ async fn fill(store: &Arc<dyn Store>, rows: usize) -> Result<Vec<Uuid>> {
                 tls_version: None,
                 started_at: start,
                 recording: RecordingPolicy::Strict,
+                groups: Vec::new(),
             })
             .await?;
         let statements = session_statements(&mut rng, start, (i * PER_SESSION) as u64);
@@ -282,6 +283,7 @@ async fn fill(store: &Arc<dyn Store>, rows: usize) -> Result<Vec<Uuid>> {
                 resume_seq: end,
                 complete: false,
                 statements: &statements,
+                chain: Default::default(),
             })
             .await?;
         if !saved {

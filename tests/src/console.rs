@@ -33,9 +33,12 @@ pub const ROOT_LOGIN: &str = "root";
 pub const ROOT_PASSWORD: &str = "root-password-for-tests";
 
 pub struct ConsoleLab {
-    // Dropped first: pgbastion stops before the provider it talks to.
+    // Dropped first: pgbastion stops before the provider it talks to and its store.
     pub lab: Lab,
     pub idp: OidcProvider,
+    /// The cluster holding pgbastion's store, when it is PostgreSQL
+    /// ([`ConsoleLab::start_with_pg_store`]); SQLite in the data directory otherwise.
+    pub store_cluster: Option<PgCluster>,
 }
 
 impl ConsoleLab {
@@ -47,6 +50,19 @@ impl ConsoleLab {
     /// is usually the first step, the build of `pgbastion` in the test process.
     pub fn start(env: &[(&str, &str)]) -> anyhow::Result<ConsoleLab> {
         ConsoleLab::start_inner(env, ProviderAtStart::Up)
+    }
+
+    /// Like [`ConsoleLab::start`], with pgbastion's store in a PostgreSQL cluster of its own
+    /// (as several gateways and consoles would share it).
+    pub fn start_with_pg_store(env: &[(&str, &str)]) -> anyhow::Result<ConsoleLab> {
+        let store = PgCluster::start()?;
+        store.create_database(crate::lab::PG_STORE_DB)?;
+        let url = store.superuser_url(crate::lab::PG_STORE_DB);
+        let mut all = vec![("PGBASTION_STORE_URL", url.as_str())];
+        all.extend_from_slice(env);
+        let mut lab = ConsoleLab::start_inner(&all, ProviderAtStart::Up)?;
+        lab.store_cluster = Some(store);
+        Ok(lab)
     }
 
     /// Like [`ConsoleLab::start`], but the provider is stopped before pgbastion starts, so the
@@ -105,7 +121,11 @@ impl ConsoleLab {
             "--requires-approval",
         ])?;
         steps.done("target shop and its grant");
-        Ok(ConsoleLab { lab, idp })
+        Ok(ConsoleLab {
+            lab,
+            idp,
+            store_cluster: None,
+        })
     }
 
     /// `http://127.0.0.1:PORT`, without a trailing slash.

@@ -305,6 +305,25 @@ impl WebClient {
         Ok(page)
     }
 
+    /// A GET whose answer is read by the caller as it comes (server-sent events).
+    pub async fn get_streaming(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = self.url(path);
+        let parsed = reqwest::Url::parse(&url).with_context(|| format!("bad URL {url}"))?;
+        // No overall timeout: the stream lasts as long as the caller reads it.
+        let streaming = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("cannot build an HTTP client")?;
+        let mut request = streaming.get(parsed.clone());
+        if let Some(cookies) = self.cookie_header(parsed.path()) {
+            request = request.header(header::COOKIE, cookies);
+        }
+        request
+            .send()
+            .await
+            .with_context(|| format!("GET {url} failed"))
+    }
+
     // --- cookies ---
 
     /// The value of cookie `name`, if the browser holds it.

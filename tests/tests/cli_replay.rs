@@ -54,6 +54,7 @@ impl Installation {
                 tls_version: Some("TLSv1.3".into()),
                 started_at,
                 recording: gateway::store::RecordingPolicy::Strict,
+                groups: Vec::new(),
             })
             .await?;
         let mut recording = Recording {

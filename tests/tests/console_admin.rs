@@ -208,3 +208,77 @@ async fn an_admin_adds_tests_edits_and_grants_a_target_whose_secret_never_comes_
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_admin_sets_and_clears_how_long_a_target_keeps_recordings() -> Result<()> {
+    let lab = ConsoleLab::start(&[])?;
+    let root = WebClient::local(&lab, ROOT_LOGIN, ROOT_PASSWORD).await?;
+    let csrf = root.csrf().await?;
+    let port = lab.lab.pg.port().to_string();
+    let store = lab.lab.store().await?;
+    let kept = |days: &'static str| {
+        let mut fields = target_fields(&csrf, &port, "");
+        fields.push(("retention_days", days));
+        fields
+    };
+
+    // Added with a retention, as the add form allows.
+    let mut add = kept("90");
+    add.push(("name", "kept"));
+    root.post_form("/admin/targets", &add)
+        .await?
+        .expect_redirect_path("/admin/targets", "adding a target with a retention")?;
+    let target = store.target_by_name("kept").await?.context("kept")?;
+    ensure!(target.retention_days == Some(90), "{target:?}");
+    let list = root.get("/admin/targets").await?;
+    ensure!(
+        list.body.contains("90 days"),
+        "the list shows the retention"
+    );
+
+    // Changed, then cleared (empty = forever); each change is in the audit log.
+    for (days, stored) in [("30", Some(30)), ("", None)] {
+        root.post_form("/admin/targets/kept", &kept(days))
+            .await?
+            .expect_redirect_path("/admin/targets/kept", "editing the retention")?;
+        let target = store.target_by_name("kept").await?.context("kept")?;
+        ensure!(target.retention_days == stored, "{days:?}: {target:?}");
+    }
+    let page = root.get("/admin/targets/kept").await?;
+    ensure!(
+        page.body
+            .contains(r#"name="retention_days" type="number" min="1" max="36500" value="""#),
+        "the edit form shows an empty retention (forever)"
+    );
+    let audit = store.list_audit(None, 100).await?;
+    let edits: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "target.edit" && e.object.as_deref() == Some("kept"))
+        .collect();
+    ensure!(edits.len() == 2, "two edits audited: {edits:?}");
+    for edit in &edits {
+        ensure!(
+            edit.detail["changed"] == serde_json::json!(["retention_days"]),
+            "{edit:?}"
+        );
+    }
+    // Newest first: the last edit cleared it.
+    ensure!(
+        edits[0].detail["retention_days"].is_null(),
+        "{:?}",
+        edits[0]
+    );
+    ensure!(edits[1].detail["retention_days"] == 30, "{:?}", edits[1]);
+
+    // Nonsense is refused, naming the field, and nothing changes.
+    let refused = root.post_form("/admin/targets/kept", &kept("0")).await?;
+    refused.expect(StatusCode::BAD_REQUEST, "a retention of 0 days")?;
+    ensure!(
+        decode_entities(&refused.body).contains("Keep recordings for '0' days"),
+        "{}",
+        refused.body
+    );
+    let target = store.target_by_name("kept").await?.context("kept")?;
+    ensure!(target.retention_days.is_none());
+    Ok(())
+}

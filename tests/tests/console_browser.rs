@@ -395,8 +395,8 @@ fn run(lab: &ConsoleLab, journey: &mut Journey) -> anyhow::Result<()> {
             && row[4] == "psql"
             && row[9] == events.to_string()
             && row[10].starts_with("ended")
-            && row[11] == "sealed",
-        "the session row should show shop, the role, psql, {events} events, ended, sealed: \
+            && row[11] == "verified",
+        "the session row should show shop, the role, psql, {events} events, ended, verified: \
          {sessions}"
     );
 
@@ -508,6 +508,24 @@ fn recorded_session(lab: &ConsoleLab) -> anyhow::Result<(uuid::Uuid, i64)> {
             .find(|s| s.person_login == "alice" && s.ended_at.is_some())
             .with_context(|| format!("no ended session of alice in the store: {sessions:?}"))?;
         let (_, seal) = lab.lab.sealed_recording(session.id).await?;
+        // The list shows "verified" once the indexer has checked the chain up to the seal.
+        let store = lab.lab.store().await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let stats = store.session_stats(&[session.id]).await?;
+            let checked = stats.get(&session.id).is_some_and(|s| {
+                s.complete && s.chain_verified_seq.map(|seq| seq + 1) == Some(seal.event_count)
+            });
+            if checked {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the indexer did not check session {} within 20 s: {stats:?}",
+                session.id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         Ok((session.id, seal.event_count))
     })
 }

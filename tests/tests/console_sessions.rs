@@ -33,7 +33,15 @@ async fn eventually(client: &WebClient, path: &str, needle: &str) -> Result<Stri
 
 #[tokio::test]
 async fn auditors_find_statements_users_see_only_their_own_sessions() -> Result<()> {
-    let lab = ConsoleLab::start(&[])?;
+    find_statements_and_sessions(ConsoleLab::start(&[])?).await
+}
+
+#[tokio::test]
+async fn auditors_find_statements_on_a_postgres_store() -> Result<()> {
+    find_statements_and_sessions(ConsoleLab::start_with_pg_store(&[])?).await
+}
+
+async fn find_statements_and_sessions(lab: ConsoleLab) -> Result<()> {
     // alice's statements, through the gateway, with a payload in the SQL text.
     lab.lab.grant("shop", pg::SCRAM_USER)?;
     let issued = lab.lab.issue("shop", pg::SCRAM_USER, &[])?;
@@ -77,8 +85,18 @@ async fn auditors_find_statements_users_see_only_their_own_sessions() -> Result<
     ensure!(errors.contains("no_such_table"), "{errors}");
 
     // The session list: alice's sessions with their counts and recording state.
-    let list = eventually(&carol, "/sessions?person=alice", "sealed").await?;
+    let list = eventually(&carol, "/sessions?person=alice", ">verified<").await?;
     ensure!(list.contains("<td>alice</td>"), "{list}");
+    // The group she was in when the session started finds it; another group does not.
+    let in_dev = carol.get("/sessions?group=dev").await?.body.clone();
+    ensure!(in_dev.contains("<td>alice</td>"), "{in_dev}");
+    let elsewhere = carol.get("/sessions?group=finance").await?.body.clone();
+    ensure!(elsewhere.contains("No session matches"), "{elsewhere}");
+    // Groups narrow sessions, not statements: said, not ignored.
+    carol
+        .get(&format!("/sessions?group=dev&q={WORD}"))
+        .await?
+        .expect(StatusCode::BAD_REQUEST, "a group with a statement search")?;
 
     // alice sees her own; asking for bob's gives hers anyway; bob sees none of hers.
     let alice = WebClient::oidc(&lab, "alice").await?;

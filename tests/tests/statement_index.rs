@@ -11,12 +11,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, ensure};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gateway::record::chain::Chain;
+use gateway::record::chain::{RECORDING_KEY_FILE, RecordingKey, Verifier};
 use gateway::record::event::{
     Capped, Column, Event, EventKind, Param, ServerMessage, StatementClass,
 };
 use gateway::record::indexer::index_round;
+use gateway::record::integrity::{Integrity, assess};
 use gateway::record::statements::IndexedStatement;
-use gateway::store::search::{MARK_END, MARK_START};
+use gateway::store::search::{ChainProgress, MARK_END, MARK_START};
 use gateway::store::{
     EndReason, IndexUpdate, NewSession, RecordingPolicy, SessionEnd, StatementHit, StatementPage,
     StatementQuery, Store, StoredEvent, TextMatch, postgres::PgStore,
@@ -24,6 +26,7 @@ use gateway::store::{
 use harness::PgCluster;
 use harness::on_both_engines;
 use harness::pg::TRUST_USER;
+use harness::store_engine::{RawSql, StoreEngine};
 use uuid::Uuid;
 
 on_both_engines!(
@@ -42,6 +45,9 @@ on_both_engines!(
     an_indexed_session_needs_no_more_work_until_new_events_come,
     common_words_and_substrings_are_found_newest_first_like_rare_ones,
     a_long_recording_is_indexed_over_several_rounds_without_loss,
+    the_indexer_checks_the_chain_as_it_goes_resuming_from_the_saved_hash,
+    an_edited_event_breaks_the_chain_at_its_seq_for_good;
+    with_raw_sql: resetting_a_sessions_stats_checks_its_chain_again,
 );
 
 // --- Recordings ---
@@ -223,6 +229,7 @@ async fn new_session(
             tls_version: Some("TLSv1.3".into()),
             started_at,
             recording: RecordingPolicy::Strict,
+            groups: Vec::new(),
         })
         .await?;
     Ok(id)
@@ -312,7 +319,7 @@ async fn every_session_has_counts_from_the_start(store: Arc<dyn Store>) -> Resul
     let id = new_session(&store, "alice", "shop", t0()).await?;
     let stats = store.session_stats(&[id, Uuid::new_v4()]).await?;
     ensure!(stats.len() == 1, "only the known session: {stats:?}");
-    let s = stats[&id];
+    let s = stats[&id].clone();
     ensure!((s.statements, s.errors, s.risky, s.indexed_seq) == (0, 0, 0, 0));
     ensure!(!s.complete);
     ensure!(store.session_stats(&[]).await?.is_empty());
@@ -321,7 +328,7 @@ async fn every_session_has_counts_from_the_start(store: Arc<dyn Store>) -> Resul
 
 async fn a_recorded_session_is_indexed_with_its_counts(store: Arc<dyn Store>) -> Result<()> {
     let id = indexed_shop_session(&store, "alice", t0()).await?;
-    let s = store.session_stats(&[id]).await?[&id];
+    let s = store.session_stats(&[id]).await?[&id].clone();
     ensure!(
         (s.statements, s.errors, s.risky) == (6, 1, 1),
         "counts: {s:?}"
@@ -353,7 +360,7 @@ async fn an_ended_session_without_events_is_complete_with_nothing(
     );
     end_session(&store, id, t0() + Duration::minutes(1)).await?;
     index_everything(&store).await?;
-    let s = store.session_stats(&[id]).await?[&id];
+    let s = store.session_stats(&[id]).await?[&id].clone();
     ensure!(s.complete && s.statements == 0, "{s:?}");
     ensure!(store.sessions_to_index(100).await?.is_empty());
     Ok(())
@@ -655,13 +662,14 @@ async fn of_two_concurrent_saves_of_the_same_range_one_wins(store: Arc<dyn Store
         resume_seq: 6,
         complete: false,
         statements: &statements,
+        chain: ChainProgress::default(),
     };
     let (first, second) = tokio::join!(store.save_index(&update), store.save_index(&update));
     ensure!(
         first? != second?,
         "exactly one of two saves from the same position is stored"
     );
-    let s = store.session_stats(&[id]).await?[&id];
+    let s = store.session_stats(&[id]).await?[&id].clone();
     ensure!(
         (s.statements, s.errors, s.indexed_seq) == (2, 2, 6),
         "{s:?}"
@@ -678,7 +686,7 @@ async fn of_two_concurrent_saves_of_the_same_range_one_wins(store: Arc<dyn Store
         ..update
     };
     ensure!(store.save_index(&next).await?);
-    let s = store.session_stats(&[id]).await?[&id];
+    let s = store.session_stats(&[id]).await?[&id].clone();
     ensure!((s.statements, s.indexed_seq) == (2, 9));
     Ok(())
 }
@@ -717,7 +725,7 @@ async fn a_live_session_indexed_in_rounds_gives_the_rows_of_one_pass(
 ) -> Result<()> {
     let whole = indexed_shop_session(&store, "alice", t0()).await?;
     let expected = statements_of(&store, whole).await?;
-    let expected_stats = store.session_stats(&[whole]).await?[&whole];
+    let expected_stats = store.session_stats(&[whole]).await?[&whole].clone();
     // Cut inside a simple query, inside an extended one (before and after its Execute), after
     // an error before its ReadyForQuery, and with nothing stored yet.
     for cuts in [
@@ -745,8 +753,28 @@ async fn a_live_session_indexed_in_rounds_gives_the_rows_of_one_pass(
             got == expected,
             "cut at {cuts:?}:\n{got:#?}\nexpected\n{expected:#?}"
         );
-        let stats = store.session_stats(&[id]).await?[&id];
-        ensure!(stats == expected_stats, "cut at {cuts:?}: {stats:?}");
+        let stats = store.session_stats(&[id]).await?[&id].clone();
+        // The same counts and the same chain checked, in rounds as in one pass (the hashes
+        // differ: a chain starts from its session's id).
+        let shown = |s: &gateway::store::SessionStats| {
+            let checked = (
+                s.chain_verified_seq,
+                s.chain_broken_seq,
+                s.chain_hash.is_some(),
+            );
+            (
+                s.statements,
+                s.errors,
+                s.risky,
+                s.indexed_seq,
+                s.complete,
+                checked,
+            )
+        };
+        ensure!(
+            shown(&stats) == shown(&expected_stats),
+            "cut at {cuts:?}: {stats:?}"
+        );
     }
     Ok(())
 }
@@ -762,7 +790,7 @@ async fn an_indexed_session_needs_no_more_work_until_new_events_come(
     ensure!((due[0].indexed_seq, due[0].resume_seq) == (0, 0));
     index_everything(&store).await?;
     ensure!(store.sessions_to_index(10).await?.is_empty(), "nothing new");
-    let s = store.session_stats(&[id]).await?[&id];
+    let s = store.session_stats(&[id]).await?[&id].clone();
     ensure!(
         (s.statements, s.indexed_seq, s.complete) == (1, 6, false),
         "{s:?}"
@@ -782,7 +810,7 @@ async fn an_indexed_session_needs_no_more_work_until_new_events_come(
         "{due_after_end:?}"
     );
     index_everything(&store).await?;
-    let s = store.session_stats(&[id]).await?[&id];
+    let s = store.session_stats(&[id]).await?[&id].clone();
     ensure!(
         (s.statements, s.complete) == (2, true),
         "the cut-off Execute is kept: {s:?}"
@@ -842,6 +870,7 @@ async fn common_words_and_substrings_are_found_newest_first_like_rare_ones(
             resume_seq: 6_000,
             complete: false,
             statements: &statements,
+            chain: ChainProgress::default(),
         })
         .await?;
     ensure!(saved);
@@ -945,7 +974,7 @@ async fn the_running_gateway_indexes_what_real_clients_ran() -> Result<()> {
         if let Some(stats) = store.session_stats(&[session]).await?.get(&session)
             && stats.complete
         {
-            break *stats;
+            break stats.clone();
         }
         ensure!(
             std::time::Instant::now() < deadline,
@@ -1031,12 +1060,144 @@ async fn a_long_recording_is_indexed_over_several_rounds_without_loss(
         rounds >= 3,
         "6,000 events take several rounds, not {rounds}"
     );
-    let s = store.session_stats(&[id]).await?[&id];
+    let s = store.session_stats(&[id]).await?[&id].clone();
     ensure!(
         (s.statements, s.indexed_seq, s.complete) == (2_000, 6_000, true),
         "{s:?}"
     );
     let newest = search(&store, &words("1999")).await?;
     ensure!(seqs(&newest) == [5_997]);
+    Ok(())
+}
+
+// --- The hash chain, checked by the indexer ---
+
+/// An ended shop session whose events are stored as `edit` leaves them (the hashes stay those
+/// of the recorded events), appended in rounds cut at `cuts` with the indexer run after each.
+async fn shop_session_in_rounds(
+    store: &Arc<dyn Store>,
+    cuts: &[usize],
+    edit: impl FnOnce(&mut Vec<StoredEvent>),
+) -> Result<(Uuid, Vec<StoredEvent>)> {
+    let id = new_session(store, "alice", "shop", t0()).await?;
+    let mut events = stored(id, t0(), shop_session(id, "alice"));
+    edit(&mut events);
+    let mut from = 0;
+    for cut in cuts.iter().copied().chain([events.len()]) {
+        store.append_events(&events[from..cut]).await?;
+        index_everything(store).await?;
+        from = cut;
+    }
+    end_session(store, id, t0() + Duration::minutes(1)).await?;
+    index_everything(store).await?;
+    Ok((id, events))
+}
+
+/// Changes the text of event `seq` (still JSON, still the same event to a reader) and keeps its
+/// stored hash: what an edit in the store looks like.
+fn edit_event(events: &mut [StoredEvent], seq: usize) {
+    events[seq].body = events[seq].body.replacen('{', "{ ", 1);
+}
+
+async fn the_indexer_checks_the_chain_as_it_goes_resuming_from_the_saved_hash(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let (id, events) = shop_session_in_rounds(&store, &[3, 9, 16], |_| {}).await?;
+    let s = store.session_stats(&[id]).await?[&id].clone();
+    let last = events.last().context("events")?;
+    ensure!(
+        s.chain_verified_seq == Some(last.seq) && s.chain_hash.as_ref() == Some(&last.hash),
+        "every event links up: {s:?}"
+    );
+    ensure!(s.chain_broken_seq.is_none() && s.complete, "{s:?}");
+    // The seal then counts without reading the events again; a seal over fewer events does not.
+    let dir = tempfile::tempdir()?;
+    let key = RecordingKey::load_or_create(&dir.path().join(RECORDING_KEY_FILE))?;
+    let mut chain = Chain::new(id);
+    for stored in &events {
+        chain.append(&serde_json::from_str::<Event>(&stored.body)?)?;
+    }
+    let session = store.session(id).await?.context("session")?;
+    let seal = chain.seal(&key);
+    let verdict = assess(&session, Some(&s), Some(&seal), &key.verifier());
+    ensure!(
+        verdict
+            == Integrity::Verified {
+                events: events.len() as u64,
+                key_id: key.key_id().to_string()
+            },
+        "{verdict:?}"
+    );
+    let short = key.seal(
+        id,
+        events.len() as u64 - 1,
+        &seal.final_hash.clone().try_into().unwrap(),
+    );
+    let verdict = assess(&session, Some(&s), Some(&short), &key.verifier());
+    ensure!(
+        matches!(verdict, Integrity::Broken { seq: Some(26), .. }),
+        "a seal that leaves the last event (26) out: {verdict:?}"
+    );
+    Ok(())
+}
+
+async fn an_edited_event_breaks_the_chain_at_its_seq_for_good(store: Arc<dyn Store>) -> Result<()> {
+    // The edit comes in a later round than the first: found only if the check resumed with the
+    // right hash (a wrong one would break it at the round's first event, 9).
+    let (id, _) = shop_session_in_rounds(&store, &[9], |events| edit_event(events, 12)).await?;
+    let s = store.session_stats(&[id]).await?[&id].clone();
+    ensure!(
+        s.chain_broken_seq == Some(12) && s.chain_verified_seq == Some(11),
+        "{s:?}"
+    );
+    let reason = s.chain_broken_reason.clone().unwrap_or_default();
+    ensure!(
+        reason.contains("event at seq 12") && reason.contains("(edited)"),
+        "{reason}"
+    );
+    // The statements are indexed all the same (the index is derived data, the panel and
+    // `pgbastion verify` say what is wrong).
+    ensure!(s.statements == 6 && s.complete, "{s:?}");
+    let session = store.session(id).await?.context("session")?;
+    let verdict = assess(&session, Some(&s), None, &Verifier::default());
+    ensure!(verdict.label() == "broken at seq 12", "{verdict:?}");
+    Ok(())
+}
+
+async fn resetting_a_sessions_stats_checks_its_chain_again(engine: &StoreEngine) -> Result<()> {
+    let store = engine.store.clone();
+    let (id, _) = shop_session_in_rounds(&store, &[], |events| edit_event(events, 19)).await?;
+    let before = store.session_stats(&[id]).await?[&id].clone();
+    ensure!(before.chain_broken_seq == Some(19), "{before:?}");
+    let raw = engine.raw();
+    let no = match raw {
+        RawSql::Sqlite(_) => "0",
+        RawSql::Postgres(_) => "false",
+    };
+    raw.run(&[
+        &format!(
+            "DELETE FROM recorded_statements WHERE session_id = {}",
+            raw.uuid(id)
+        ),
+        &format!(
+            "UPDATE session_stats SET indexed_seq = 0, resume_seq = 0, statements = 0, \
+             errors = 0, risky = 0, complete = {no}, chain_verified_seq = NULL, \
+             chain_hash = NULL, chain_broken_seq = NULL, chain_broken_reason = NULL \
+             WHERE session_id = {}",
+            raw.uuid(id)
+        ),
+    ])?;
+    ensure!(
+        store.session_stats(&[id]).await?[&id]
+            .chain_broken_seq
+            .is_none(),
+        "reset"
+    );
+    index_everything(&store).await?;
+    let after = store.session_stats(&[id]).await?[&id].clone();
+    ensure!(
+        after == before,
+        "indexed again:\n{after:?}\nbefore:\n{before:?}"
+    );
     Ok(())
 }

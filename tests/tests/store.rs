@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, TimeZone, Utc};
 use gateway::store::{
-    Credential, EndReason, GrantSubject, NewGrant, NewSession, NewTarget, RecordingPolicy,
-    RecordingSeal, SessionEnd, SessionFilter, SessionPage, SessionStatus, SessionSummary, Store,
-    StoreError, StoredEvent, TargetLogin, UpstreamTls, follow_events, postgres::PgStore,
-    sqlite::SqliteStore,
+    Credential, EndReason, GrantSubject, MAX_TERMINATION_REASON_CHARS, NewGrant, NewSession,
+    NewTarget, RecordingPolicy, RecordingSeal, SessionEnd, SessionFilter, SessionPage,
+    SessionStatus, SessionSummary, Store, StoreError, StoredEvent, TargetLogin, Termination,
+    TerminationOutcome, UpstreamTls, follow_events, postgres::PgStore, sqlite::SqliteStore,
 };
 use harness::PgCluster;
 use harness::on_both_engines;
@@ -101,7 +101,12 @@ on_both_engines!(
     appending_20000_events_in_batches_of_500_reports_events_per_second,
     timestamps_keep_microseconds_and_drop_nanoseconds,
     extreme_values_round_trip_exactly,
-    concurrent_upserts_of_one_login_make_one_person;
+    concurrent_upserts_of_one_login_make_one_person,
+    a_live_session_gets_one_termination_request_that_gateways_find,
+    termination_of_an_ended_or_unknown_session_changes_nothing,
+    termination_requests_need_a_bounded_reason_and_a_requester,
+    sessions_keep_their_groups_and_are_found_by_group,
+    retention_of_a_target_is_set_and_cleared;
     with_raw_sql:
     corrupt_blocks_are_reported_as_corrupt_naming_the_block,
     a_session_missing_a_block_reads_on_after_the_gap,
@@ -194,6 +199,7 @@ fn new_session(started_at: &str) -> NewSession {
         tls_version: Some("TLSv1.3".to_string()),
         started_at: at(started_at),
         recording: RecordingPolicy::Strict,
+        groups: Vec::new(),
     }
 }
 
@@ -1948,5 +1954,218 @@ async fn sqlite_store_files_are_private_to_their_owner() -> Result<()> {
             & 0o777;
         assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
     }
+    Ok(())
+}
+
+// --- Terminations, groups and retention (migration 0008) ---
+
+async fn a_live_session_gets_one_termination_request_that_gateways_find(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let live = started_session(&store).await?;
+    let first_at = at("2026-03-04T06:00:00.000001Z");
+    let outcome = store
+        .request_termination(live, "root", "INC-7: dropping tables", first_at)
+        .await?;
+    assert_eq!(outcome, TerminationOutcome::Requested);
+    let first = Termination {
+        session_id: live,
+        requested_by: "root".into(),
+        reason: "INC-7: dropping tables".into(),
+        requested_at: first_at,
+    };
+    // A second request changes nothing and names the first.
+    let again = store
+        .request_termination(live, "oncall", "me too", at("2026-03-04T06:00:05Z"))
+        .await?;
+    assert_eq!(again, TerminationOutcome::AlreadyRequested(first.clone()));
+    // Gateways poll from a time on, the boundary included.
+    assert_eq!(store.terminations_since(first_at).await?, vec![first]);
+    assert!(
+        store
+            .terminations_since(at("2026-03-04T06:00:00.000002Z"))
+            .await?
+            .is_empty()
+    );
+    // The session stays live until the gateway running it ends it.
+    assert_eq!(
+        store.session(live).await?.context("session")?.ended_at,
+        None
+    );
+    Ok(())
+}
+
+async fn termination_of_an_ended_or_unknown_session_changes_nothing(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let ended = started_session(&store).await?;
+    store
+        .end_session(
+            ended,
+            &session_end("2026-03-04T06:00:00Z", EndReason::ClientQuit),
+        )
+        .await?;
+    let asked = at("2026-03-04T07:00:00Z");
+    assert_eq!(
+        store
+            .request_termination(ended, "root", "late", asked)
+            .await?,
+        TerminationOutcome::AlreadyEnded
+    );
+    assert_eq!(
+        store
+            .request_termination(Uuid::new_v4(), "root", "who?", asked)
+            .await?,
+        TerminationOutcome::NotFound
+    );
+    assert!(
+        store
+            .terminations_since(at("2000-01-01T00:00:00Z"))
+            .await?
+            .is_empty()
+    );
+    // Requested while live, then ended by the gateway: a later request is told it ended.
+    let terminated = started_session(&store).await?;
+    store
+        .request_termination(terminated, "root", "INC-8", asked)
+        .await?;
+    store
+        .end_session(
+            terminated,
+            &session_end("2026-03-04T07:00:01Z", EndReason::Terminated),
+        )
+        .await?;
+    assert_eq!(
+        store
+            .request_termination(terminated, "root", "INC-8", asked)
+            .await?,
+        TerminationOutcome::AlreadyEnded
+    );
+    Ok(())
+}
+
+async fn termination_requests_need_a_bounded_reason_and_a_requester(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let live = started_session(&store).await?;
+    let now = at("2026-03-04T06:00:00Z");
+    let longest = "é".repeat(MAX_TERMINATION_REASON_CHARS);
+    let too_long = format!("{longest}x");
+    for (by, reason, complaint) in [
+        ("root", "", "give a reason"),
+        ("root", " \n\t ", "give a reason"),
+        ("root", too_long.as_str(), "at most 500"),
+        ("", "INC-7", "who asks"),
+    ] {
+        match store.request_termination(live, by, reason, now).await {
+            Err(StoreError::Invalid(message)) => {
+                assert!(message.contains(complaint), "{message}")
+            }
+            other => bail!("{by:?}/{reason:?} gave {other:?}"),
+        }
+    }
+    assert!(store.terminations_since(now).await?.is_empty());
+    // The longest reason allowed is stored whole (characters, not bytes).
+    assert_eq!(
+        store
+            .request_termination(live, "root", &longest, now)
+            .await?,
+        TerminationOutcome::Requested
+    );
+    assert_eq!(store.terminations_since(now).await?[0].reason, longest);
+    Ok(())
+}
+
+async fn sessions_keep_their_groups_and_are_found_by_group(store: Arc<dyn Store>) -> Result<()> {
+    let mut ids = Vec::new();
+    for (person, groups, started) in [
+        ("alice", &["dev", "ops"][..], "2026-03-04T01:00:00Z"),
+        ("bob", &["ops"][..], "2026-03-04T02:00:00Z"),
+        ("carol", &[][..], "2026-03-04T03:00:00Z"),
+        ("alice", &["dev"][..], "2026-03-04T04:00:00Z"),
+    ] {
+        let mut session = new_session(started);
+        session.person_login = person.into();
+        session.groups = strings(groups);
+        store.insert_session(&session).await?;
+        ids.push(session.id);
+    }
+    let stored = store.session(ids[0]).await?.context("session")?;
+    assert_eq!(stored.groups, strings(&["dev", "ops"]));
+    assert!(
+        store
+            .session(ids[2])
+            .await?
+            .context("session")?
+            .groups
+            .is_empty()
+    );
+    let find = |group: &str, person: Option<&str>| {
+        let store = store.clone();
+        let filter = SessionFilter {
+            group: Some(group.into()),
+            person: person.map(String::from),
+            ..SessionFilter::default()
+        };
+        async move {
+            Ok::<_, anyhow::Error>(summary_ids(&store.find_sessions(&filter, &page(10)).await?))
+        }
+    };
+    assert_eq!(find("dev", None).await?, vec![ids[3], ids[0]]);
+    assert_eq!(find("ops", None).await?, vec![ids[1], ids[0]]);
+    assert_eq!(find("ops", Some("alice")).await?, vec![ids[0]]);
+    // Whole names only: no prefix, no case folding, no JSON or array syntax.
+    for other in ["de", "DEV", "", "[\"dev\"]", "{dev}", "%"] {
+        assert!(find(other, None).await?.is_empty(), "{other:?}");
+    }
+    // Pages of a group follow each other.
+    let first = store
+        .find_sessions(
+            &SessionFilter {
+                group: Some("dev".into()),
+                ..SessionFilter::default()
+            },
+            &page(1),
+        )
+        .await?;
+    let next = store
+        .find_sessions(
+            &SessionFilter {
+                group: Some("dev".into()),
+                ..SessionFilter::default()
+            },
+            &SessionPage {
+                before: Some(first[0].cursor()),
+                limit: 10,
+            },
+        )
+        .await?;
+    assert_eq!(
+        (summary_ids(&first), summary_ids(&next)),
+        (vec![ids[3]], vec![ids[0]])
+    );
+    Ok(())
+}
+
+async fn retention_of_a_target_is_set_and_cleared(store: Arc<dyn Store>) -> Result<()> {
+    let created = store.add_target(&new_target("prod")).await?;
+    assert_eq!(created.retention_days, None, "kept forever unless set");
+    let kept = store.set_target_retention("prod", Some(30)).await?;
+    assert_eq!(kept.retention_days, Some(30));
+    assert_eq!(store.target_by_name("prod").await?, Some(kept.clone()));
+    // Nothing else changed.
+    let mut other_fields = kept.clone();
+    other_fields.retention_days = None;
+    assert_eq!(other_fields, created);
+    let forever = store.set_target_retention("prod", None).await?;
+    assert_eq!(forever, created);
+    assert!(matches!(
+        store.set_target_retention("prod", Some(0)).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.set_target_retention("nope", Some(7)).await,
+        Err(StoreError::NotFound { what: "target", .. })
+    ));
     Ok(())
 }

@@ -9,7 +9,11 @@
 
 use std::path::PathBuf;
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, bail, ensure};
+use gateway::record::indexer::index_round;
+use gateway::record::integrity::{Integrity, assess, data_dir_keys};
 use gateway::store::StoredEvent;
 use harness::lab::PG_STORE_DB;
 use harness::pg::PgCluster;
@@ -78,6 +82,27 @@ impl Raw<'_> {
             Ok((first.parse()?, last.parse()?))
         })
         .collect()
+    }
+}
+
+impl Raw<'_> {
+    /// Has the statement index and its chain check start over on a session, as an operator
+    /// would after editing a recording: the gateway's indexer may have checked it before.
+    fn reset_index(&self, session_id: Uuid) -> anyhow::Result<()> {
+        let (id, no) = match self {
+            Raw::Sqlite(_) => (format!("x'{}'", session_id.simple()), "0"),
+            Raw::Postgres(_) => (format!("'{session_id}'::uuid"), "false"),
+        };
+        self.run(&format!(
+            "DELETE FROM recorded_statements WHERE session_id = {id}"
+        ))?;
+        self.run(&format!(
+            "UPDATE session_stats SET indexed_seq = 0, resume_seq = 0, statements = 0, \
+             errors = 0, risky = 0, complete = {no}, chain_verified_seq = NULL, \
+             chain_hash = NULL, chain_broken_seq = NULL, chain_broken_reason = NULL \
+             WHERE session_id = {id}"
+        ))?;
+        Ok(())
     }
 }
 
@@ -276,6 +301,82 @@ async fn tampering_is_found_and_the_first_bad_event_named(
         "cut the chain after seq {ends_at}; verify said: {said}"
     );
     Ok(())
+}
+
+/// The session list's verdict (`record::integrity::assess`, from what the indexer checked and
+/// the seal): broken at the edited event, verified for an untouched sealed recording.
+async fn the_indexer_finds_the_edited_event_and_passes_the_untouched_recording(
+    lab: &Lab,
+    raw: &Raw<'_>,
+) -> anyhow::Result<()> {
+    let issued = lab.scram_target("shop", &[])?;
+    let mut known = Vec::new();
+    let untouched = record(lab, raw, &issued, &mut known).await?;
+    let edited = record(lab, raw, &issued, &mut known).await?;
+    let seq = edit_one_event(raw, &edited)?;
+    for id in [untouched.id, edited.id] {
+        raw.reset_index(id)?;
+    }
+    let store = lab.store().await?;
+    let keys = data_dir_keys(lab.bastion.data_path())?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // This test's rounds and the gateway's own index the sessions, whichever comes first.
+    let verdict = |id| {
+        let store = store.clone();
+        let keys = &keys;
+        async move {
+            loop {
+                index_round(store.as_ref()).await?;
+                let stats = store.session_stats(&[id]).await?;
+                let session = store.session(id).await?.context("session")?;
+                let seal = store.recording_seal(id).await?;
+                let verdict = assess(&session, stats.get(&id), seal.as_ref(), keys);
+                if verdict != Integrity::Pending || Instant::now() > deadline {
+                    return anyhow::Ok(verdict);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let got = verdict(untouched.id).await?;
+    ensure!(
+        matches!(got, Integrity::Verified { events, .. } if events == untouched.events.len() as u64),
+        "untouched: {got:?}"
+    );
+    let got = verdict(edited.id).await?;
+    ensure!(
+        matches!(&got, Integrity::Broken { seq: Some(s), reason } if *s == seq && reason.contains("(edited)")),
+        "edited seq {seq}: {got:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_names_the_edited_event_of_a_sqlite_store() -> anyhow::Result<()> {
+    let lab = Lab::start(&[])?;
+    let url = lab.bastion.store_url();
+    let path = url
+        .strip_prefix("sqlite://")
+        .with_context(|| format!("a SQLite store, not {url}"))?;
+    the_indexer_finds_the_edited_event_and_passes_the_untouched_recording(
+        &lab,
+        &Raw::Sqlite(path.into()),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_names_the_edited_event_of_a_postgres_store() -> anyhow::Result<()> {
+    let (lab, store) = Lab::start_with_pg_store(&[])?;
+    let outcome = the_indexer_finds_the_edited_event_and_passes_the_untouched_recording(
+        &lab,
+        &Raw::Postgres(&store),
+    )
+    .await;
+    // The gateway stops before its store does.
+    drop(lab);
+    drop(store);
+    outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -280,6 +280,7 @@ impl FakeStore {
             recording: RecordingPolicy::Strict,
             record_max_rows: None,
             record_max_result_bytes: None,
+            retention_days: None,
             created_at: Utc::now(),
         };
         let grants = grants
@@ -354,6 +355,9 @@ impl crate::store::ConsoleStore for FakeStore {
         unreachable!("console table")
     }
     async fn access_request(&self, _: Uuid) -> StoreResult<Option<AccessRequest>> {
+        unreachable!("console table")
+    }
+    async fn access_request_for_credential(&self, _: Uuid) -> StoreResult<Option<AccessRequest>> {
         unreachable!("console table")
     }
     async fn list_access_requests(&self, _: &RequestFilter) -> StoreResult<Vec<AccessRequest>> {
@@ -456,6 +460,24 @@ impl Store for FakeStore {
         _: Option<i64>,
     ) -> StoreResult<Target> {
         unreachable!("issue does not write targets")
+    }
+    async fn set_target_retention(&self, _: &str, _: Option<u32>) -> StoreResult<Target> {
+        unreachable!("issue does not write targets")
+    }
+    async fn request_termination(
+        &self,
+        _: Uuid,
+        _: &str,
+        _: &str,
+        _: DateTime<Utc>,
+    ) -> StoreResult<TerminationOutcome> {
+        unreachable!("issue does not end sessions")
+    }
+    async fn terminations_since(&self, _: DateTime<Utc>) -> StoreResult<Vec<Termination>> {
+        unreachable!("issue does not end sessions")
+    }
+    async fn purge_sessions(&self, _: Uuid, _: DateTime<Utc>) -> StoreResult<u64> {
+        unreachable!("issue does not delete sessions")
     }
     async fn set_target_login(&self, _: &TargetLogin) -> StoreResult<()> {
         unreachable!("issue does not write upstream logins")

@@ -3,7 +3,8 @@
 //! One connection flows through [`session::handle`]: [`handshake`] (TLS, startup packet) →
 //! [`auth`] (the credential) → [`upstream`] (the gateway's own login to the target) →
 //! [`relay`] (frames both ways, each shown to the recorder tap). [`registry`] holds live
-//! sessions for cancel requests and for stopping sessions whose credential was revoked.
+//! sessions for cancel requests and for stopping sessions whose credential was revoked or that
+//! an admin terminated.
 
 pub mod auth;
 pub mod framed;
@@ -17,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -62,8 +63,9 @@ pub enum ProxyError {
 const MAX_CONCURRENT_REFUSALS: usize = 64;
 /// How long stopped sessions get to tell their client and store their end at shutdown.
 const SHUTDOWN_FINISH: Duration = Duration::from_secs(10);
-/// Revocations are looked for this far back on every poll, so gateways whose clocks differ a
-/// little, and sessions registered while a poll ran, are still caught.
+/// Revocations and termination requests are looked for this far back on every poll, so
+/// gateways whose clocks differ a little, and sessions registered while a poll ran (or still
+/// logging in upstream when the request came), are still caught.
 const REVOCATION_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// Serves gateway connections on `listener` until `shutdown` completes, then stops accepting,
@@ -87,7 +89,7 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
     let tasks = TaskTracker::new();
     let stop_watching = CancellationToken::new();
-    tokio::spawn(watch_revocations(shared.clone(), stop_watching.clone()));
+    tokio::spawn(watch_stop_requests(shared.clone(), stop_watching.clone()));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -157,40 +159,70 @@ fn is_transient(e: &std::io::Error) -> bool {
     )
 }
 
-/// Polls the store for revoked credentials and stops their live sessions here. Works across
-/// gateway processes sharing one store.
-async fn watch_revocations(shared: Arc<Shared>, stop: CancellationToken) {
+/// Polls the store for revoked credentials and for termination requests, and stops the
+/// matching live sessions here. Works across gateway processes sharing one store: each one
+/// stops the sessions it runs. A session ends within about one poll interval.
+async fn watch_stop_requests(shared: Arc<Shared>, stop: CancellationToken) {
     let every = Duration::from_millis(shared.config.gateway.revocation_poll_millis.max(50));
-    let mut last_ok = Utc::now();
-    let order = StopOrder {
-        reason: EndReason::Revoked,
-        message: "terminating connection because its pgbastion credential was revoked".into(),
-    };
+    // Since when each kind was last read successfully.
+    let mut revocations_read = Utc::now();
+    let mut terminations_read = Utc::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         if shared.registry.is_empty() {
-            last_ok = Utc::now();
+            revocations_read = Utc::now();
+            terminations_read = Utc::now();
             continue;
         }
-        let started = Utc::now();
-        match shared
-            .store
-            .revoked_since(last_ok - REVOCATION_OVERLAP)
-            .await
-        {
-            Ok(ids) => {
-                for id in ids {
-                    let n = shared.registry.stop_credential(id, &order);
-                    if n > 0 {
-                        tracing::info!(credential = %id, sessions = n, "credential revoked; ending its sessions");
-                    }
+        stop_revoked(&shared, &mut revocations_read).await;
+        stop_terminated(&shared, &mut terminations_read).await;
+    }
+}
+
+async fn stop_revoked(shared: &Shared, last_read: &mut DateTime<Utc>) {
+    let order = StopOrder {
+        reason: EndReason::Revoked,
+        message: "terminating connection because its pgbastion credential was revoked".into(),
+    };
+    let started = Utc::now();
+    match shared
+        .store
+        .revoked_since(*last_read - REVOCATION_OVERLAP)
+        .await
+    {
+        Ok(ids) => {
+            for id in ids {
+                let n = shared.registry.stop_credential(id, &order);
+                if n > 0 {
+                    tracing::info!(credential = %id, sessions = n, "credential revoked; ending its sessions");
                 }
-                last_ok = started;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot poll for revoked credentials"),
+            *last_read = started;
         }
+        Err(e) => tracing::warn!(error = %e, "cannot poll for revoked credentials"),
+    }
+}
+
+async fn stop_terminated(shared: &Shared, last_read: &mut DateTime<Utc>) {
+    let started = Utc::now();
+    match shared
+        .store
+        .terminations_since(*last_read - REVOCATION_OVERLAP)
+        .await
+    {
+        Ok(requests) => {
+            for request in requests {
+                let order = StopOrder::terminated(&request);
+                if shared.registry.stop_session(request.session_id, &order) {
+                    tracing::info!(session = %request.session_id, by = %request.requested_by,
+                        "termination requested; ending the session");
+                }
+            }
+            *last_read = started;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot poll for termination requests"),
     }
 }

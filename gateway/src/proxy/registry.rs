@@ -12,13 +12,52 @@ use rand::Rng;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::store::{EndReason, Target};
+use crate::store::{EndReason, Target, Termination};
 
-/// Why the gateway ends a session, and what the client is told.
+/// Why the gateway ends a session, and what the client is told (also the detail of the
+/// session's end).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopOrder {
     pub reason: EndReason,
     pub message: String,
+}
+
+/// Characters of a termination reason shown to the client: a FATAL is read in a terminal, and
+/// the whole reason stays in the store.
+const SHOWN_REASON_CHARS: usize = 200;
+/// Characters of the requester's login shown to the client.
+const SHOWN_LOGIN_CHARS: usize = 64;
+
+impl StopOrder {
+    /// The order that carries out an admin's termination request: the client reads who ended
+    /// the session and why, on one line.
+    pub fn terminated(request: &Termination) -> StopOrder {
+        StopOrder {
+            reason: EndReason::Terminated,
+            message: format!(
+                "terminating connection: ended by {}: {}",
+                one_line(&request.requested_by, SHOWN_LOGIN_CHARS),
+                one_line(&request.reason, SHOWN_REASON_CHARS)
+            ),
+        }
+    }
+}
+
+/// `text` as one line of at most `max_chars` characters: control characters (newlines, escape
+/// sequences) become spaces, runs of white space one space, and a cut is marked with "...".
+/// The reason is typed by a person in a browser and printed by the client's terminal.
+fn one_line(text: &str, max_chars: usize) -> String {
+    let spaced: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let words: Vec<&str> = spaced.split_whitespace().collect();
+    let line = words.join(" ");
+    if line.chars().count() <= max_chars {
+        return line;
+    }
+    let kept: String = line.chars().take(max_chars.saturating_sub(3)).collect();
+    format!("{}...", kept.trim_end())
 }
 
 struct LiveSession {
@@ -169,6 +208,7 @@ mod tests {
             recording: crate::store::RecordingPolicy::Strict,
             record_max_rows: None,
             record_max_result_bytes: None,
+            retention_days: None,
             created_at: chrono::Utc::now(),
         })
     }
@@ -188,6 +228,44 @@ mod tests {
         assert_eq!(key, (42, 4242));
         drop(reg);
         assert!(registry.is_empty());
+    }
+
+    fn request(by: &str, reason: &str) -> Termination {
+        Termination {
+            session_id: Uuid::new_v4(),
+            requested_by: by.into(),
+            reason: reason.into(),
+            requested_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_termination_tells_who_and_why_on_one_bounded_line() {
+        let order =
+            StopOrder::terminated(&request("root", "  INC-7:\r\n  dropping\ttables \x1b[31m"));
+        assert_eq!(order.reason, EndReason::Terminated);
+        assert_eq!(
+            order.message,
+            "terminating connection: ended by root: INC-7: dropping tables [31m"
+        );
+        let long = StopOrder::terminated(&request("root", &"é".repeat(1000)));
+        let reason = long.message.rsplit(": ").next().unwrap();
+        assert_eq!(reason.chars().count(), SHOWN_REASON_CHARS);
+        assert!(reason.ends_with("..."), "{reason}");
+    }
+
+    #[test]
+    fn terminating_a_session_stops_only_it() {
+        let registry = Arc::new(Registry::default());
+        let cred = Uuid::new_v4();
+        let doomed = Uuid::new_v4();
+        let a = registry.register(doomed, cred, target(), None);
+        let b = registry.register(Uuid::new_v4(), cred, target(), None);
+        let order = StopOrder::terminated(&request("root", "INC-7"));
+        assert!(registry.stop_session(doomed, &order));
+        assert_eq!(a.stop.borrow().as_ref(), Some(&order));
+        assert!(b.stop.borrow().is_none(), "same credential, other session");
+        assert!(!registry.stop_session(Uuid::new_v4(), &order));
     }
 
     #[test]

@@ -218,6 +218,7 @@ async fn run(
         tls_version: handshake::tls_version(&client),
         started_at: Utc::now(),
         recording: target.recording,
+        groups: authorized.groups.clone(),
     };
     if let Err(e) = shared.store.insert_session(&started).await {
         warn!(%peer, person = %credential.person_login, error = %e, "cannot store the session; refusing it");

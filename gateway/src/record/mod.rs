@@ -17,6 +17,7 @@ pub mod classify;
 pub mod event;
 pub mod export;
 pub mod indexer;
+pub mod integrity;
 pub mod journal;
 pub mod recorder;
 pub mod recover;

@@ -37,7 +37,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use chrono::{DateTime, Utc};
 
 use super::classify::Classifier;
-use super::event::{Capped, Event, EventKind, Param, ServerMessage, StatementClass};
+use super::event::{Capped, Column, Event, EventKind, Param, ServerMessage, StatementClass};
+
+mod detail;
+pub use detail::{CopyDetail, ResultSet, StatementDetail};
 
 /// Prepared statements remembered (their class and risks), as the capture's default cap.
 const MAX_PREPARED: usize = 10_000;
@@ -88,6 +91,8 @@ struct Draft {
     last_end: Option<DateTime<Utc>>,
     /// Rows seen in `Rows` events since its last Execute: a PortalSuspended carries no count.
     rows_seen: u64,
+    /// What a replay shows (folders made with [`StatementFolder::with_details`]).
+    detail: Option<Box<StatementDetail>>,
 }
 
 /// A request waiting for the server's answer.
@@ -117,12 +122,16 @@ struct ParseOnly {
     sql: String,
     class: StatementClass,
     risks: Vec<String>,
+    /// The SQL as recorded, kept for a replay's detail only.
+    recorded: Option<Capped>,
 }
 
 #[derive(Debug)]
 struct Portal {
     statement: String,
     params: String,
+    /// The parameters as recorded, kept for a replay's detail only.
+    raw: Vec<Param>,
     /// None until executed; then the statement it runs while it is suspended.
     state: PortalState,
 }
@@ -144,7 +153,17 @@ pub struct StatementFolder {
     /// Statements begun and not given out, by seq.
     drafts: BTreeMap<i64, Draft>,
     /// Finished statements ready to be given out, in seq order.
-    released: Vec<IndexedStatement>,
+    released: Vec<(IndexedStatement, Option<Box<StatementDetail>>)>,
+    /// Collect each statement's [`StatementDetail`].
+    details: bool,
+    /// Transaction status from the last ReadyForQuery.
+    status: char,
+    /// Errors and notices that answered no statement (details only), with their seq.
+    loose: Vec<(i64, ServerMessage)>,
+    /// Statements a Describe asked about, not answered yet (details only).
+    describing: VecDeque<String>,
+    /// Columns described for prepared statements (details only).
+    columns_of: HashMap<String, Vec<Column>>,
     /// The seq after the last event seen.
     next_seq: i64,
     /// The seq after the last quiet point (or cut).
@@ -161,9 +180,84 @@ impl StatementFolder {
             waiting: VecDeque::new(),
             drafts: BTreeMap::new(),
             released: Vec::new(),
+            details: false,
+            status: 'I',
+            loose: Vec::new(),
+            describing: VecDeque::new(),
+            columns_of: HashMap::new(),
             next_seq: seq,
             resume_seq: seq,
         }
+    }
+
+    /// A folder that also collects what a replay shows of each statement
+    /// ([`Self::take_finished_with_details`]). `status` is the transaction status at `seq`
+    /// ('I' at the start of a session).
+    pub fn with_details(seq: i64, status: char) -> Self {
+        StatementFolder {
+            details: true,
+            status,
+            ..StatementFolder::new(seq)
+        }
+    }
+
+    /// Transaction status from the last ReadyForQuery folded.
+    pub fn status(&self) -> char {
+        self.status
+    }
+
+    /// Statements given out since the last call with their details (`None` unless made with
+    /// [`Self::with_details`]), in seq order.
+    pub fn take_finished_with_details(
+        &mut self,
+    ) -> Vec<(IndexedStatement, Option<Box<StatementDetail>>)> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Errors and notices that answered no statement (a FATAL at shutdown, a notice between
+    /// statements), with their seq; collected only with details.
+    pub fn take_loose(&mut self) -> Vec<(i64, ServerMessage)> {
+        std::mem::take(&mut self.loose)
+    }
+
+    fn detail(&self, sql: Option<&Capped>, params: &[Param]) -> Option<Box<StatementDetail>> {
+        self.details
+            .then(|| Box::new(StatementDetail::new(sql, params, self.status)))
+    }
+
+    /// Statements sent before this ReadyForQuery arrived (a pipelining client does not wait
+    /// for it) run in the status it gives, which their prompt shows.
+    fn update_waiting_status(&mut self) {
+        if !self.details {
+            return;
+        }
+        for waiting in &self.waiting {
+            let seq = match waiting {
+                Waiting::Simple(seq) => *seq,
+                Waiting::Execute {
+                    draft,
+                    continues: false,
+                    ..
+                } => *draft,
+                _ => continue,
+            };
+            if let Some(detail) = self
+                .drafts
+                .get_mut(&seq)
+                .and_then(|d| d.detail.as_deref_mut())
+            {
+                detail.status_before = self.status;
+            }
+        }
+    }
+
+    /// The detail of the statement first in line, after Parses ahead of it (answered now).
+    fn front_detail(&mut self) -> Option<&mut StatementDetail> {
+        if !self.details {
+            return None;
+        }
+        self.answered();
+        self.front_draft()?.detail.as_deref_mut()
     }
 
     /// The seq after the last event folded.
@@ -180,6 +274,9 @@ impl StatementFolder {
     /// Statements given out since the last call, in seq order.
     pub fn take_finished(&mut self) -> Vec<IndexedStatement> {
         std::mem::take(&mut self.released)
+            .into_iter()
+            .map(|(statement, _)| statement)
+            .collect()
     }
 
     /// An event that could not be read: it counts as seen, nothing else.
@@ -191,7 +288,7 @@ impl StatementFolder {
     /// The session is over (its end event, or an ended session read to its last event):
     /// everything begun is finished as it stands.
     pub fn finish(&mut self) {
-        self.cut();
+        self.cut_at(None);
     }
 
     pub fn push(&mut self, event: &Event) {
@@ -202,7 +299,15 @@ impl StatementFolder {
                 // A simple Query destroys the unnamed statement and portal.
                 self.prepared.remove("");
                 self.portals.remove("");
-                self.begin(seq, at, sql_text(sql), String::new(), *class, risks);
+                let detail = self.detail(Some(sql), &[]);
+                self.begin(
+                    seq,
+                    at,
+                    sql_text(sql),
+                    String::new(),
+                    (*class, risks),
+                    detail,
+                );
                 self.waiting.push_back(Waiting::Simple(seq));
             }
             EventKind::Parse {
@@ -229,33 +334,90 @@ impl StatementFolder {
                 let sql = format!("-- function call, oid {function_oid}");
                 let params = render_params(args);
                 let class = StatementClass::Unknown;
-                self.begin(seq, at, sql, params, class, &[]);
+                let detail = self.detail(None, args);
+                self.begin(seq, at, sql, params, (class, &[]), detail);
                 self.waiting.push_back(Waiting::Simple(seq));
             }
-            EventKind::RowDescription { .. } | EventKind::CopyStart { .. } => self.answered(),
+            EventKind::RowDescription { columns } => {
+                self.answered();
+                match self.front_detail() {
+                    Some(detail) => detail.columns(columns),
+                    // The answer to a Describe of a prepared statement.
+                    None => {
+                        if let Some(name) = self.describing.pop_front()
+                            && (self.columns_of.len() < MAX_PREPARED
+                                || self.columns_of.contains_key(&name))
+                        {
+                            self.columns_of.insert(name, columns.clone());
+                        }
+                    }
+                }
+            }
+            EventKind::Describe { target: 'S', name } if self.details => {
+                if self.describing.len() < MAX_PORTALS {
+                    self.describing.push_back(name.clone());
+                }
+            }
+            EventKind::CopyStart { direction, binary } => {
+                self.answered();
+                if let Some(detail) = self.front_detail() {
+                    detail.copy_start(direction, *binary);
+                }
+            }
             EventKind::Rows { rows, omitted } => {
                 self.answered();
                 let count = rows.len() as u64 + omitted;
                 if let Some(draft) = self.front_draft() {
                     draft.rows_seen += count;
+                    if let Some(detail) = draft.detail.as_deref_mut() {
+                        detail.rows(rows, *omitted);
+                    }
                 }
             }
             EventKind::CommandComplete {
                 tag,
                 rows,
                 duration_micros,
-            } => self.complete(at, Some(tag), *rows, Some(*duration_micros)),
+            } => {
+                if let Some(detail) = self.front_detail() {
+                    detail.complete(tag);
+                }
+                self.complete(at, Some(tag), *rows, Some(*duration_micros))
+            }
             EventKind::EmptyQuery => self.complete(at, None, None, None),
             EventKind::PortalSuspended => self.suspended(at),
-            EventKind::Error(message) => self.error(at, message),
-            EventKind::ReadyForQuery { status } => self.ready_for_query(at, *status),
-            EventKind::SessionEnd { .. } => self.cut(),
+            EventKind::Error(message) => self.error(seq, at, message),
+            EventKind::ReadyForQuery { status } => {
+                self.ready_for_query(at, *status);
+                self.status = *status;
+                self.update_waiting_status();
+                // A Describe answered by NoData (not recorded) is answered by now.
+                self.describing.clear();
+            }
+            EventKind::Notice(message) if self.details => match self.front_detail() {
+                Some(detail) => detail.notice(message),
+                None => self.loose.push((seq, message.clone())),
+            },
+            EventKind::CopyData { data } => {
+                if let Some(detail) = self.front_detail() {
+                    detail.copy_data(data);
+                }
+            }
+            EventKind::CopyEnd {
+                bytes,
+                rows,
+                outcome,
+                ..
+            } => {
+                if let Some(detail) = self.front_detail() {
+                    detail.copy_end(*bytes, *rows, outcome);
+                }
+            }
+            EventKind::SessionEnd { .. } => self.cut_at(Some(at)),
             EventKind::SessionStart { .. }
             | EventKind::Describe { .. }
             | EventKind::Flush
             | EventKind::Notice(_)
-            | EventKind::CopyData { .. }
-            | EventKind::CopyEnd { .. }
             | EventKind::Notification { .. }
             | EventKind::ParameterStatus { .. } => {}
         }
@@ -269,8 +431,8 @@ impl StatementFolder {
         at: DateTime<Utc>,
         sql: String,
         params: String,
-        class: StatementClass,
-        risks: &[String],
+        (class, risks): (StatementClass, &[String]),
+        detail: Option<Box<StatementDetail>>,
     ) {
         self.drafts.insert(
             seq,
@@ -290,6 +452,7 @@ impl StatementFolder {
                 finished: false,
                 last_end: None,
                 rows_seen: 0,
+                detail,
             },
         );
     }
@@ -303,6 +466,7 @@ impl StatementFolder {
         class: StatementClass,
         risks: &[String],
     ) {
+        self.columns_of.remove(name);
         if self.prepared.len() < MAX_PREPARED || self.prepared.contains_key(name) {
             self.prepared
                 .insert(name.to_owned(), (class, risks.to_vec()));
@@ -314,6 +478,7 @@ impl StatementFolder {
             sql: sql_text(sql),
             class,
             risks: risks.to_vec(),
+            recorded: self.details.then(|| sql.clone()),
         })));
     }
 
@@ -327,6 +492,11 @@ impl StatementFolder {
                 Portal {
                     statement: statement.to_owned(),
                     params: render_params(params),
+                    raw: if self.details {
+                        params.to_vec()
+                    } else {
+                        Vec::new()
+                    },
                     state: PortalState::Bound,
                 },
             );
@@ -360,13 +530,16 @@ impl StatementFolder {
             });
             return;
         }
-        let params = match portal {
+        let (params, raw) = match portal {
             Some(portal) => {
                 portal.state = PortalState::Done;
-                portal.params.clone()
+                (portal.params.clone(), std::mem::take(&mut portal.raw))
             }
-            None => String::new(),
+            None => (String::new(), Vec::new()),
         };
+        let detail = self
+            .detail(sql, &raw)
+            .map(|d| d.described(self.columns_of.get(statement)));
         let (class, risks) = match (self.prepared.get(statement), sql) {
             (Some((class, risks)), _) => (*class, risks.clone()),
             (None, Some(sql)) => self.classifier.classify(&sql.text),
@@ -376,7 +549,7 @@ impl StatementFolder {
             Some(sql) => sql_text(sql),
             None => format!("-- statement \"{statement}\" (its SQL was not recorded)"),
         };
-        self.begin(seq, at, sql, params, class, &risks);
+        self.begin(seq, at, sql, params, (class, &risks), detail);
         self.waiting.push_back(Waiting::Execute {
             draft: seq,
             portal: portal_name.to_owned(),
@@ -402,6 +575,7 @@ impl StatementFolder {
     fn close(&mut self, target: char, name: &str) {
         if target == 'S' {
             self.prepared.remove(name);
+            self.columns_of.remove(name);
             let closed: Vec<String> = self
                 .portals
                 .iter()
@@ -526,7 +700,7 @@ impl StatementFolder {
         }
     }
 
-    fn error(&mut self, at: DateTime<Utc>, message: &ServerMessage) {
+    fn error(&mut self, seq_of_error: i64, at: DateTime<Utc>, message: &ServerMessage) {
         let error = || {
             (
                 index_text(&message.code),
@@ -544,11 +718,16 @@ impl StatementFolder {
                     sql,
                     class,
                     risks,
+                    recorded,
                     ..
                 } = *parse;
-                self.begin(seq, parsed_at, sql, String::new(), class, &risks);
+                let detail = self.detail(recorded.as_ref(), &[]);
+                self.begin(seq, parsed_at, sql, String::new(), (class, &risks), detail);
                 if let Some(draft) = self.drafts.get_mut(&seq) {
                     draft.statement.error = Some(error());
+                    if let Some(detail) = draft.detail.as_deref_mut() {
+                        detail.error(message);
+                    }
                     draft.statement.duration_micros = micros(parsed_at, at);
                     draft.finished = true;
                 }
@@ -563,6 +742,9 @@ impl StatementFolder {
                 }
                 if let Some(draft) = self.drafts.get_mut(&seq) {
                     draft.statement.error.get_or_insert_with(error);
+                    if let Some(detail) = draft.detail.as_deref_mut() {
+                        detail.error(message);
+                    }
                     draft.statement.duration_micros += micros(started, at);
                     draft.finished = true;
                 }
@@ -572,11 +754,18 @@ impl StatementFolder {
                 let seq = *seq;
                 if let Some(draft) = self.drafts.get_mut(&seq) {
                     draft.statement.error.get_or_insert_with(error);
+                    if let Some(detail) = draft.detail.as_deref_mut() {
+                        detail.error(message);
+                    }
                     draft.last_end = Some(at);
                 }
             }
             // Not about a statement (a FATAL at shutdown, a failed Describe).
-            Some(Waiting::Sync) | None => {}
+            Some(Waiting::Sync) | None => {
+                if self.details {
+                    self.loose.push((seq_of_error, message.clone()));
+                }
+            }
         }
     }
 
@@ -651,14 +840,25 @@ impl StatementFolder {
 
     /// Everything begun is finished as it stands, and nothing waits any more.
     fn cut(&mut self) {
+        self.cut_at(None);
+    }
+
+    /// [`Self::cut`] at the session's end (`ended`, when known): a statement still running
+    /// then ran until the end, and was interrupted by it.
+    fn cut_at(&mut self, ended: Option<DateTime<Utc>>) {
         for draft in self.drafts.values_mut() {
             if !draft.finished {
                 draft.finished = true;
-                if let Some(end) = draft.last_end {
+                if let Some(end) = ended.or(draft.last_end) {
                     draft.statement.duration_micros = draft
                         .statement
                         .duration_micros
                         .max(micros(draft.statement.at, end));
+                }
+                if ended.is_some()
+                    && let Some(detail) = draft.detail.as_deref_mut()
+                {
+                    detail.interrupted = true;
                 }
             }
         }
@@ -670,8 +870,11 @@ impl StatementFolder {
 
     fn release_all(&mut self) {
         let drafts = std::mem::take(&mut self.drafts);
-        self.released
-            .extend(drafts.into_values().map(|draft| draft.statement));
+        self.released.extend(
+            drafts
+                .into_values()
+                .map(|draft| (draft.statement, draft.detail)),
+        );
     }
 }
 

@@ -9,6 +9,7 @@ mod blocks;
 pub mod console;
 pub mod models;
 pub mod postgres;
+pub mod retention;
 pub mod search;
 pub mod sqlite;
 
@@ -45,6 +46,9 @@ pub enum StoreError {
     NotFound { what: &'static str, name: String },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A value the store refuses before asking the database (say, an empty reason).
+    #[error("{0}")]
+    Invalid(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
 }
@@ -89,6 +93,9 @@ pub trait Store: ConsoleStore + SearchStore + Send + Sync + 'static {
         max_rows: Option<i64>,
         max_result_bytes: Option<i64>,
     ) -> StoreResult<Target>;
+    /// Sets how many days the target's ended sessions are kept (`None`: forever); returns the
+    /// target as updated. `NotFound` when there is no such target, `Invalid` for 0 days.
+    async fn set_target_retention(&self, name: &str, days: Option<u32>) -> StoreResult<Target>;
 
     // --- upstream logins ---
     /// Adds or replaces the login the gateway uses upstream for sessions granted `role` on the
@@ -161,6 +168,55 @@ pub trait Store: ConsoleStore + SearchStore + Send + Sync + 'static {
         filter: &SessionFilter,
         page: &SessionPage,
     ) -> StoreResult<Vec<SessionSummary>>;
+
+    // --- terminations ---
+    /// Asks the gateways to end a live session: the gateway running it finds the request on
+    /// its next poll ([`terminations_since`](Store::terminations_since)). Idempotent: a second
+    /// request stores nothing and returns the first. A check and an insert in one statement,
+    /// so a session that ends meanwhile is never given a request. `Invalid` when `reason` is
+    /// blank or longer than [`MAX_TERMINATION_REASON_CHARS`], or `by` is empty.
+    async fn request_termination(
+        &self,
+        session_id: Uuid,
+        by: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<TerminationOutcome>;
+    /// Termination requests made at or after `since`, oldest first (gateways poll this).
+    async fn terminations_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<Termination>>;
+
+    // --- retention ---
+    /// Deletes the sessions of the target that ended before `ended_before`, with everything
+    /// that belongs to them (recording, seal, statement index and its full-text rows, counts,
+    /// termination request, groups); live sessions never. Works in short batches, so that
+    /// recording writers are not held up; returns how many sessions went.
+    async fn purge_sessions(
+        &self,
+        target_id: Uuid,
+        ended_before: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+}
+
+/// The checks [`Store::request_termination`] makes before the database's own.
+pub(crate) fn check_termination(by: &str, reason: &str) -> StoreResult<()> {
+    if by.is_empty() {
+        return Err(StoreError::Invalid(
+            "a termination request must name who asks".into(),
+        ));
+    }
+    if reason.trim().is_empty() {
+        return Err(StoreError::Invalid(
+            "give a reason for ending the session: the person connected is shown it".into(),
+        ));
+    }
+    let chars = reason.chars().count();
+    if chars > MAX_TERMINATION_REASON_CHARS {
+        return Err(StoreError::Invalid(format!(
+            "the reason is {chars} characters long; shorten it to at most \
+             {MAX_TERMINATION_REASON_CHARS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Opens the store named by `url` (`sqlite://PATH` or `postgres://...`), creating the SQLite file
@@ -298,6 +354,7 @@ mod tests {
                 tls_version: None,
                 started_at: models::now(),
                 recording: RecordingPolicy::Strict,
+                groups: Vec::new(),
             })
             .await
             .unwrap();

@@ -113,6 +113,9 @@ pub struct Target {
     pub record_max_rows: Option<i64>,
     /// Bytes of row values kept per statement; None = configured default, 0 = none.
     pub record_max_result_bytes: Option<i64>,
+    /// Days its ended sessions and their recordings are kept (see `store::retention`); None
+    /// keeps them forever.
+    pub retention_days: Option<u32>,
     pub enabled: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -253,6 +256,9 @@ pub struct NewSession {
     /// `verify` can tell a session recorded with `off` (no events, rightly) from one whose
     /// events were deleted.
     pub recording: RecordingPolicy,
+    /// The person's groups at login, those the credential check used (and the recording's
+    /// `session_start` names), so sessions can be found by group as it was then.
+    pub groups: Vec<String>,
 }
 
 /// How a gateway session ended.
@@ -287,6 +293,9 @@ pub struct Session {
     /// How the session was recorded (see [`NewSession::recording`]); `strict` for sessions
     /// stored before pgbastion kept it.
     pub recording: RecordingPolicy,
+    /// The person's groups when the session started (see [`NewSession::groups`]); empty for
+    /// sessions stored before pgbastion kept them.
+    pub groups: Vec<String>,
 }
 
 /// Which sessions [`find_sessions`](super::Store::find_sessions) returns; every field narrows.
@@ -301,6 +310,36 @@ pub struct SessionFilter {
     /// Sessions started strictly before this time.
     pub started_before: Option<DateTime<Utc>>,
     pub status: Option<SessionStatus>,
+    /// Sessions of people who were in this group when the session started.
+    pub group: Option<String>,
+}
+
+/// The longest termination reason the store keeps, in characters (the migrations' CHECK).
+pub const MAX_TERMINATION_REASON_CHARS: usize = 500;
+
+/// A request to end a live session, as stored (see
+/// [`request_termination`](super::Store::request_termination)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Termination {
+    pub session_id: Uuid,
+    /// Who asked (a console login).
+    pub requested_by: String,
+    /// Why, in their words: non-empty, at most [`MAX_TERMINATION_REASON_CHARS`] characters.
+    pub reason: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// What became of a termination request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminationOutcome {
+    /// Stored: the gateway running the session ends it within one poll.
+    Requested,
+    /// Someone asked before (this request changed nothing): their request.
+    AlreadyRequested(Termination),
+    /// The session has ended already; nothing to do.
+    AlreadyEnded,
+    /// No such session.
+    NotFound,
 }
 
 /// Where a session stands, derived from its end.
@@ -417,6 +456,17 @@ pub(super) fn decode_recording(column: &str, value: &str) -> super::StoreResult<
         .map_err(|_| super::StoreError::Corrupt(format!("{column} is '{value}'")))
 }
 
+/// A target's retention as stored: positive days (the migrations' CHECK), or none.
+pub(super) fn decode_retention(value: Option<i64>) -> super::StoreResult<Option<u32>> {
+    value
+        .map(|days| {
+            u32::try_from(days).ok().filter(|d| *d > 0).ok_or_else(|| {
+                super::StoreError::Corrupt(format!("targets.retention_days is {days}"))
+            })
+        })
+        .transpose()
+}
+
 pub(super) fn decode_port(value: i64) -> super::StoreResult<u16> {
     u16::try_from(value).map_err(|_| super::StoreError::Corrupt(format!("targets.port is {value}")))
 }
@@ -444,6 +494,19 @@ pub(super) fn session_status_condition(status: SessionStatus) -> &'static str {
         SessionStatus::Ended => {
             " AND s.ended_at IS NOT NULL AND s.end_reason NOT IN ('terminated', 'revoked')"
         }
+    }
+}
+
+/// What a termination request that stored nothing met: the session `ended` (when it exists at
+/// all), and the request made `earlier`, if any.
+pub(super) fn termination_outcome(ended: bool, earlier: Option<Termination>) -> TerminationOutcome {
+    match earlier {
+        // Ended first: once the session is over, a request for it has nothing left to do.
+        _ if ended => TerminationOutcome::AlreadyEnded,
+        Some(first) => TerminationOutcome::AlreadyRequested(first),
+        // Live and without a request, yet the insert matched nothing: only a session that
+        // ended in between could do that, and ended_at never goes back to NULL.
+        None => TerminationOutcome::AlreadyEnded,
     }
 }
 

@@ -18,13 +18,15 @@ use uuid::Uuid;
 
 use super::blocks::{self, NewBlock, StoredBlock, seq_ranges};
 use super::models::{
-    decode_end_reason, decode_port, decode_recording, decode_subject, decode_tls_mode,
-    duplicate_or_query, grant_label, is_foreign_key_violation, now, session_status_condition,
+    decode_end_reason, decode_port, decode_recording, decode_retention, decode_subject,
+    decode_tls_mode, duplicate_or_query, grant_label, is_foreign_key_violation, now,
+    session_status_condition, termination_outcome,
 };
 use super::{
     Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingPolicy, RecordingSeal,
     Session, SessionEnd, SessionFilter, SessionPage, SessionSummary, Store, StoreError,
-    StoreResult, StoredEvent, Target, TargetLogin,
+    StoreResult, StoredEvent, Target, TargetLogin, Termination, TerminationOutcome,
+    check_termination,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -37,6 +39,10 @@ const MAX_CONNECTIONS: u32 = 8;
 /// How long an operation waits for a free connection before failing (instead of hanging the
 /// client's login when the store is down).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sessions deleted per statement while purging: each statement is its own transaction, so
+/// none holds many rows locked or writes a huge amount of WAL at once.
+const PURGE_BATCH: i64 = 100;
 
 /// Blocks per INSERT statement at most (the statement binds one array per column, whatever the
 /// number of blocks). Bounds the size of one statement: a block holds up to 1 MiB of bodies.
@@ -52,8 +58,8 @@ macro_rules! person_columns {
 macro_rules! target_columns {
     () => {
         "id, name, host, port, database, tls_mode, ca_pem, upstream_user, \
-         upstream_secret_sealed, recording, record_max_rows, record_max_result_bytes, enabled, \
-         created_at"
+         upstream_secret_sealed, recording, record_max_rows, record_max_result_bytes, \
+         retention_days, enabled, created_at"
     };
 }
 macro_rules! target_login_columns {
@@ -78,7 +84,13 @@ macro_rules! session_columns {
     () => {
         "id, person_login, target_id, target_name, db_role, credential_id, client_addr, \
          application_name, tls_version, started_at, ended_at, end_reason, end_detail, \
-         bytes_client_to_server, bytes_server_to_client, recording"
+         bytes_client_to_server, bytes_server_to_client, recording, groups"
+    };
+}
+
+macro_rules! termination_columns {
+    () => {
+        "session_id, requested_by, reason, requested_at"
     };
 }
 
@@ -171,6 +183,10 @@ fn target_from_row(row: &PgRow) -> StoreResult<Target> {
         recording: decode_recording("targets.recording", row.try_get("recording")?)?,
         record_max_rows: row.try_get("record_max_rows")?,
         record_max_result_bytes: row.try_get("record_max_result_bytes")?,
+        retention_days: decode_retention(
+            row.try_get::<Option<i32>, _>("retention_days")?
+                .map(i64::from),
+        )?,
         enabled: row.try_get("enabled")?,
         created_at: row.try_get("created_at")?,
     })
@@ -230,6 +246,16 @@ fn session_from_row(row: &PgRow) -> StoreResult<Session> {
         bytes_client_to_server: row.try_get("bytes_client_to_server")?,
         bytes_server_to_client: row.try_get("bytes_server_to_client")?,
         recording: decode_recording("sessions.recording", row.try_get("recording")?)?,
+        groups: row.try_get("groups")?,
+    })
+}
+
+fn termination_from_row(row: &PgRow) -> StoreResult<Termination> {
+    Ok(Termination {
+        session_id: row.try_get("session_id")?,
+        requested_by: row.try_get("requested_by")?,
+        reason: row.try_get("reason")?,
+        requested_at: row.try_get("requested_at")?,
     })
 }
 
@@ -598,6 +624,40 @@ impl Store for PgStore {
         })
     }
 
+    async fn set_target_retention(&self, name: &str, days: Option<u32>) -> StoreResult<Target> {
+        if days == Some(0) {
+            return Err(StoreError::Invalid(
+                "a retention of 0 days would delete sessions as they end; give at least 1 day, \
+                 or keep them forever"
+                    .into(),
+            ));
+        }
+        let days = days
+            .map(|d| {
+                i32::try_from(d).map_err(|_| {
+                    StoreError::Invalid(format!(
+                        "a retention of {d} days is more than anyone means"
+                    ))
+                })
+            })
+            .transpose()?;
+        sqlx::query(concat!(
+            "UPDATE targets SET retention_days = $1 WHERE name = $2 RETURNING ",
+            target_columns!()
+        ))
+        .bind(days)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(target_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "target",
+            name: name.to_string(),
+        })
+    }
+
     async fn set_target_login(&self, login: &TargetLogin) -> StoreResult<()> {
         // One statement: replacing a login replaces its secret and its created_at (the time the
         // current secret was set, as given by the caller). A missing target surfaces as the
@@ -935,8 +995,8 @@ impl Store for PgStore {
     async fn insert_session(&self, session: &NewSession) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO sessions (id, person_login, target_id, target_name, db_role, \
-             credential_id, client_addr, application_name, tls_version, started_at, recording) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             credential_id, client_addr, application_name, tls_version, started_at, recording, \
+             groups) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(session.id)
         .bind(&session.person_login)
@@ -949,6 +1009,7 @@ impl Store for PgStore {
         .bind(&session.tls_version)
         .bind(session.started_at)
         .bind(session.recording.as_str())
+        .bind(&session.groups)
         .execute(&self.pool)
         .await
         .map_err(|e| duplicate_or_query(e, "session", session.id.to_string()))?;
@@ -1047,6 +1108,12 @@ impl Store for PgStore {
         if let Some(status) = filter.status {
             query.push(session_status_condition(status));
         }
+        if let Some(group) = &filter.group {
+            // Containment, which the GIN index on groups answers (migration 0008).
+            query
+                .push(" AND s.groups @> ")
+                .push_bind(vec![group.clone()]);
+        }
         if let Some((started_at, id)) = page.before {
             // A row comparison, which PostgreSQL matches against the (started_at, id) indexes.
             query
@@ -1069,5 +1136,91 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn request_termination(
+        &self,
+        session_id: Uuid,
+        by: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<TerminationOutcome> {
+        check_termination(by, reason)?;
+        // Only a live session gets a request; the first request stays (ON CONFLICT).
+        let done = sqlx::query(
+            "INSERT INTO session_terminations (session_id, requested_by, reason, requested_at) \
+             SELECT id, $2, $3, $4 FROM sessions WHERE id = $1 AND ended_at IS NULL \
+             ON CONFLICT (session_id) DO NOTHING",
+        )
+        .bind(session_id)
+        .bind(by)
+        .bind(reason)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(TerminationOutcome::Requested);
+        }
+        let row = sqlx::query(concat!(
+            "SELECT s.ended_at IS NOT NULL AS ended, t.session_id AS requested, ",
+            "t.requested_by, t.reason, t.requested_at ",
+            "FROM sessions s LEFT JOIN session_terminations t ON t.session_id = s.id ",
+            "WHERE s.id = $1"
+        ))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(TerminationOutcome::NotFound);
+        };
+        let earlier = match row.try_get::<Option<Uuid>, _>("requested")? {
+            Some(session_id) => Some(Termination {
+                session_id,
+                requested_by: row.try_get("requested_by")?,
+                reason: row.try_get("reason")?,
+                requested_at: row.try_get("requested_at")?,
+            }),
+            None => None,
+        };
+        Ok(termination_outcome(row.try_get("ended")?, earlier))
+    }
+
+    async fn terminations_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<Termination>> {
+        let all = sqlx::query(concat!(
+            "SELECT ",
+            termination_columns!(),
+            " FROM session_terminations WHERE requested_at >= $1 \
+             ORDER BY requested_at, session_id"
+        ))
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows(all, termination_from_row)
+    }
+
+    async fn purge_sessions(
+        &self,
+        target_id: Uuid,
+        ended_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        // Each statement deletes a batch of sessions with all that hangs off them (ON DELETE
+        // CASCADE: recording blocks, seal, indexed statements, counts, termination request).
+        let mut purged = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions \
+                 WHERE target_id = $1 AND ended_at IS NOT NULL AND ended_at < $2 \
+                 ORDER BY ended_at LIMIT $3)",
+            )
+            .bind(target_id)
+            .bind(ended_before)
+            .bind(PURGE_BATCH)
+            .execute(&self.pool)
+            .await?;
+            purged += done.rows_affected();
+            if (done.rows_affected() as i64) < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
     }
 }

@@ -21,19 +21,34 @@ use uuid::Uuid;
 
 use super::blocks::{self, NewBlock, StoredBlock, seq_ranges};
 use super::models::{
-    decode_end_reason, decode_port, decode_recording, decode_subject, decode_tls_mode,
-    duplicate_or_query, grant_label, is_foreign_key_violation, now, session_status_condition,
+    decode_end_reason, decode_port, decode_recording, decode_retention, decode_subject,
+    decode_tls_mode, duplicate_or_query, grant_label, is_foreign_key_violation, now,
+    session_status_condition, termination_outcome,
 };
 use super::{
     Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingPolicy, RecordingSeal,
     Session, SessionEnd, SessionFilter, SessionPage, SessionSummary, Store, StoreError,
-    StoreResult, StoredEvent, Target, TargetLogin,
+    StoreResult, StoredEvent, Target, TargetLogin, Termination, TerminationOutcome,
+    check_termination,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// How long a connection waits for another writer before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sessions purged per round trip: each goes in a statement of its own, so that a writer
+/// waiting for SQLite's one write lock gets it between two sessions.
+const PURGE_BATCH: i64 = 16;
+
+/// Indexed statements deleted per statement while purging. Each runs two full-text deletes
+/// (the triggers of migration 0007), the slow part of removing a session: in chunks this size
+/// the write lock is held for milliseconds at a time.
+const PURGE_STATEMENTS_CHUNK: i64 = 500;
+
+/// Pause between two purge statements: the recording writer, waiting in SQLite's busy
+/// handler, retries within this much and finds the lock free.
+const PURGE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Blocks per INSERT statement at most. Each binds 10 parameters, far below SQLite's limit of
 /// 32,766 per statement. Statements hold a power of two of blocks, so that a few prepared
@@ -50,8 +65,8 @@ macro_rules! person_columns {
 macro_rules! target_columns {
     () => {
         "id, name, host, port, database, tls_mode, ca_pem, upstream_user, \
-         upstream_secret_sealed, recording, record_max_rows, record_max_result_bytes, enabled, \
-         created_at"
+         upstream_secret_sealed, recording, record_max_rows, record_max_result_bytes, \
+         retention_days, enabled, created_at"
     };
 }
 macro_rules! target_login_columns {
@@ -76,7 +91,13 @@ macro_rules! session_columns {
     () => {
         "id, person_login, target_id, target_name, db_role, credential_id, client_addr, \
          application_name, tls_version, started_at, ended_at, end_reason, end_detail, \
-         bytes_client_to_server, bytes_server_to_client, recording"
+         bytes_client_to_server, bytes_server_to_client, recording, groups"
+    };
+}
+
+macro_rules! termination_columns {
+    () => {
+        "session_id, requested_by, reason, requested_at"
     };
 }
 
@@ -204,11 +225,15 @@ pub(super) fn groups_json(groups: &[String]) -> String {
     serde_json::Value::from(groups).to_string()
 }
 
+/// A JSON list of strings read from `column` ("people.groups", "sessions.groups").
+fn strings_from_json(row: &SqliteRow, column: &str, name: &str) -> StoreResult<Vec<String>> {
+    let json: String = row.try_get(name)?;
+    serde_json::from_str(&json)
+        .map_err(|e| StoreError::Corrupt(format!("{column} is not a JSON list of strings: {e}")))
+}
+
 fn person_from_row(row: &SqliteRow) -> StoreResult<Person> {
-    let groups: String = row.try_get("groups")?;
-    let groups = serde_json::from_str(&groups).map_err(|e| {
-        StoreError::Corrupt(format!("people.groups is not a JSON list of strings: {e}"))
-    })?;
+    let groups = strings_from_json(row, "people.groups", "groups")?;
     Ok(Person {
         id: row.try_get("id")?,
         login: row.try_get("login")?,
@@ -233,6 +258,7 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
         recording: decode_recording("targets.recording", row.try_get("recording")?)?,
         record_max_rows: row.try_get("record_max_rows")?,
         record_max_result_bytes: row.try_get("record_max_result_bytes")?,
+        retention_days: decode_retention(row.try_get("retention_days")?)?,
         enabled: row.try_get("enabled")?,
         created_at: row.try_get("created_at")?,
     })
@@ -292,6 +318,16 @@ fn session_from_row(row: &SqliteRow) -> StoreResult<Session> {
         bytes_client_to_server: row.try_get("bytes_client_to_server")?,
         bytes_server_to_client: row.try_get("bytes_server_to_client")?,
         recording: decode_recording("sessions.recording", row.try_get("recording")?)?,
+        groups: strings_from_json(row, "sessions.groups", "groups")?,
+    })
+}
+
+fn termination_from_row(row: &SqliteRow) -> StoreResult<Termination> {
+    Ok(Termination {
+        session_id: row.try_get("session_id")?,
+        requested_by: row.try_get("requested_by")?,
+        reason: row.try_get("reason")?,
+        requested_at: row.try_get("requested_at")?,
     })
 }
 
@@ -648,6 +684,31 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn set_target_retention(&self, name: &str, days: Option<u32>) -> StoreResult<Target> {
+        if days == Some(0) {
+            return Err(StoreError::Invalid(
+                "a retention of 0 days would delete sessions as they end; give at least 1 day, \
+                 or keep them forever"
+                    .into(),
+            ));
+        }
+        sqlx::query(concat!(
+            "UPDATE targets SET retention_days = ? WHERE name = ? RETURNING ",
+            target_columns!()
+        ))
+        .bind(days.map(i64::from))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(target_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "target",
+            name: name.to_string(),
+        })
+    }
+
     async fn set_target_login(&self, login: &TargetLogin) -> StoreResult<()> {
         // One statement: replacing a login replaces its secret and its created_at (the time the
         // current secret was set, as given by the caller). A missing target surfaces as the
@@ -983,8 +1044,8 @@ impl Store for SqliteStore {
     async fn insert_session(&self, session: &NewSession) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO sessions (id, person_login, target_id, target_name, db_role, \
-             credential_id, client_addr, application_name, tls_version, started_at, recording) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             credential_id, client_addr, application_name, tls_version, started_at, recording, \
+             groups) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(session.id)
         .bind(&session.person_login)
@@ -997,6 +1058,7 @@ impl Store for SqliteStore {
         .bind(&session.tls_version)
         .bind(ts(session.started_at))
         .bind(session.recording.as_str())
+        .bind(groups_json(&session.groups))
         .execute(&self.pool)
         .await
         .map_err(|e| duplicate_or_query(e, "session", session.id.to_string()))?;
@@ -1095,6 +1157,16 @@ impl Store for SqliteStore {
         if let Some(status) = filter.status {
             query.push(session_status_condition(status));
         }
+        if let Some(group) = &filter.group {
+            // The group's sessions come from session_groups' primary key (migration 0008),
+            // never from reading every session's JSON.
+            query
+                .push(
+                    " AND s.id IN (SELECT g.session_id FROM session_groups g WHERE g.group_name = ",
+                )
+                .push_bind(group.clone())
+                .push(")");
+        }
         if let Some((started_at, id)) = page.before {
             query
                 .push(" AND (s.started_at, s.id) < (")
@@ -1116,5 +1188,123 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn request_termination(
+        &self,
+        session_id: Uuid,
+        by: &str,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<TerminationOutcome> {
+        check_termination(by, reason)?;
+        // Only a live session gets a request; the first request stays (ON CONFLICT).
+        let done = sqlx::query(
+            "INSERT INTO session_terminations (session_id, requested_by, reason, requested_at) \
+             SELECT id, ?, ?, ? FROM sessions WHERE id = ? AND ended_at IS NULL \
+             ON CONFLICT (session_id) DO NOTHING",
+        )
+        .bind(by)
+        .bind(reason)
+        .bind(ts(at))
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(TerminationOutcome::Requested);
+        }
+        let row = sqlx::query(concat!(
+            "SELECT s.ended_at IS NOT NULL AS ended, t.session_id AS requested, ",
+            "t.requested_by, t.reason, t.requested_at ",
+            "FROM sessions s LEFT JOIN session_terminations t ON t.session_id = s.id ",
+            "WHERE s.id = ?"
+        ))
+        .bind(session_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(TerminationOutcome::NotFound);
+        };
+        let earlier = match row.try_get::<Option<Uuid>, _>("requested")? {
+            Some(session_id) => Some(Termination {
+                session_id,
+                requested_by: row.try_get("requested_by")?,
+                reason: row.try_get("reason")?,
+                requested_at: row.try_get("requested_at")?,
+            }),
+            None => None,
+        };
+        Ok(termination_outcome(row.try_get("ended")?, earlier))
+    }
+
+    async fn terminations_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<Termination>> {
+        let all = sqlx::query(concat!(
+            "SELECT ",
+            termination_columns!(),
+            " FROM session_terminations WHERE requested_at >= ? \
+             ORDER BY requested_at, session_id"
+        ))
+        .bind(ts(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows(all, termination_from_row)
+    }
+
+    async fn purge_sessions(
+        &self,
+        target_id: Uuid,
+        ended_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let cut = ts(ended_before);
+        let mut purged = 0;
+        loop {
+            let batch: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM sessions WHERE target_id = ? AND ended_at IS NOT NULL \
+                 AND ended_at < ? ORDER BY ended_at LIMIT ?",
+            )
+            .bind(target_id)
+            .bind(&cut)
+            .bind(PURGE_BATCH)
+            .fetch_all(&self.pool)
+            .await?;
+            for &id in &batch {
+                purged += self.purge_session(id, &cut).await?;
+            }
+            if (batch.len() as i64) < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Deletes one ended session: its indexed statements first, a chunk at a time (derived
+    /// data: if the purge stops half-way the session is still whole where it matters, its
+    /// recording), then the session row, which takes its recording, seal, counts, termination
+    /// request and groups with it (ON DELETE CASCADE) in one statement. Returns 1 if it went.
+    async fn purge_session(&self, id: Uuid, cut: &str) -> StoreResult<u64> {
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM recorded_statements WHERE id IN (SELECT id FROM \
+                 recorded_statements WHERE session_id = ? LIMIT ?)",
+            )
+            .bind(id)
+            .bind(PURGE_STATEMENTS_CHUNK)
+            .execute(&self.pool)
+            .await?;
+            tokio::time::sleep(PURGE_PAUSE).await;
+            if (done.rows_affected() as i64) < PURGE_STATEMENTS_CHUNK {
+                break;
+            }
+        }
+        // Checked again: the row is only ever deleted ended and older than the cut.
+        let done = sqlx::query(
+            "DELETE FROM sessions WHERE id = ? AND ended_at IS NOT NULL AND ended_at < ?",
+        )
+        .bind(id)
+        .bind(cut)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 }

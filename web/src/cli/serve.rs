@@ -68,6 +68,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let signer = Arc::new(signer);
     let secrets = Arc::new(secrets);
     let stop = CancellationToken::new();
+    // Deletes recordings past their target's retention. Every process sharing a store runs
+    // it; purges are idempotent, so the first to come along does the work.
+    let retention = gateway::store::retention::spawn_retention(
+        ctx.store.clone(),
+        std::time::Duration::from_secs(config.recording.retention_interval_secs),
+        stop.clone(),
+    );
     let console = if config.console.enabled {
         let app = web::console::AppState::new(
             Arc::new(config.clone()),
@@ -111,6 +118,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(Err(e)) => tracing::error!(error = %e, "console failed"),
             Err(e) => tracing::error!(error = %e, "console task failed"),
         }
+    }
+    // A retention round is never cut short: its purge and audit entry go together.
+    if let Err(e) = retention.await {
+        tracing::error!(error = %e, "retention task failed");
     }
     // Every session has ended (or the accept loop failed): store and seal what is left.
     let lost = recorder.shutdown().await;

@@ -122,6 +122,7 @@ pub async fn run(args: SessionsArgs, ctx: &Ctx) -> anyhow::Result<()> {
         started_after: args.since,
         started_before: args.until,
         status,
+        group: None,
     };
     // One more than asked for tells whether there is a next page, without counting.
     let mut sessions = ctx
@@ -265,6 +266,7 @@ mod tests {
             bytes_client_to_server: 0,
             bytes_server_to_client: 0,
             recording: gateway::store::RecordingPolicy::Strict,
+            groups: Vec::new(),
         };
         let live = SessionSummary {
             session: session.clone(),

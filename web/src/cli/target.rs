@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use chrono::Utc;
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 use gateway::keys::SecretBox;
+use gateway::store::retention::MAX_RETENTION_DAYS;
 use gateway::store::{NewTarget, RecordingPolicy, Target, TargetLogin, UpstreamTls};
 
 use super::Ctx;
@@ -79,6 +80,17 @@ pub enum TargetCommand {
         )
     )]
     Recording(SetRecording),
+    /// Keep a target's ended sessions for N days, or forever.
+    #[command(
+        long_about = "Keep a target's ended sessions, with their recordings and statement \
+                      index, for N days after they end, or forever (the default). The \
+                      retention job of `pgbastion serve` (every recording.retention_interval_secs) \
+                      deletes older ones and writes each deletion to the audit log; live sessions \
+                      are never deleted.\n\nExamples:\n  \
+                      pgbastion target retention shop --days 90\n  \
+                      pgbastion target retention shop --keep-forever"
+    )]
+    Retention(SetRetention),
     /// Remove a target, its grants and its upstream logins.
     #[command(
         long_about = "Remove a target, the grants on it and its upstream logins. Issued \
@@ -232,6 +244,29 @@ pub struct SetRecording {
     bytes: Option<Cap>,
 }
 
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("keep").required(true).args(["days", "keep_forever"])))]
+pub struct SetRetention {
+    /// Target name.
+    name: String,
+    /// Days a session is kept after it ended.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_RETENTION_DAYS)))]
+    days: Option<u32>,
+    /// Keep the target's sessions forever.
+    #[arg(long)]
+    keep_forever: bool,
+}
+
+/// A target's retention as the CLI shows it.
+fn retention_text(days: Option<u32>) -> String {
+    match days {
+        Some(1) => "1 day".to_string(),
+        Some(n) => format!("{n} days"),
+        None => "forever".to_string(),
+    }
+}
+
 /// A recording cap as given to `target recording`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cap {
@@ -296,6 +331,7 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|t| {
                     let recording = recording_summary(&t);
+                    let retention = retention_text(t.retention_days);
                     vec![
                         t.name,
                         format!("{}:{}", t.host, t.port),
@@ -303,6 +339,7 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
                         t.upstream_user,
                         t.tls_mode.as_str().to_string(),
                         recording,
+                        retention,
                         if t.upstream_secret_sealed.is_some() {
                             "set"
                         } else {
@@ -321,6 +358,7 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
                     "USER",
                     "TLS",
                     "RECORDING",
+                    "KEPT",
                     "SECRET",
                     "ENABLED",
                 ],
@@ -337,7 +375,35 @@ pub async fn run(cmd: TargetCommand, ctx: &Ctx) -> anyhow::Result<()> {
         }
         TargetCommand::Login(cmd) => login(cmd, ctx).await,
         TargetCommand::Recording(args) => set_recording(args, ctx).await,
+        TargetCommand::Retention(args) => set_retention(args, ctx).await,
     }
+}
+
+async fn set_retention(args: SetRetention, ctx: &Ctx) -> anyhow::Result<()> {
+    // clap makes sure exactly one of --days and --keep-forever is given.
+    let days = if args.keep_forever { None } else { args.days };
+    let before = find_target(ctx, &args.name).await?;
+    let target = ctx
+        .store
+        .set_target_retention(&args.name, days)
+        .await
+        .map_err(|e| missing_target(e, &args.name))?;
+    ctx.audit(
+        "target.retention",
+        &target.name,
+        serde_json::json!({ "days": target.retention_days, "was": before.retention_days }),
+    )
+    .await?;
+    match target.retention_days {
+        Some(days) => println!(
+            "target {}: ended sessions are kept {} and then deleted with their recordings by \
+             the retention job of `pgbastion serve`",
+            target.name,
+            retention_text(Some(days))
+        ),
+        None => println!("target {}: sessions are kept forever", target.name),
+    }
+    Ok(())
 }
 
 async fn set_recording(args: SetRecording, ctx: &Ctx) -> anyhow::Result<()> {
@@ -665,6 +731,7 @@ mod tests {
             recording: RecordingPolicy::Strict,
             record_max_rows: None,
             record_max_result_bytes: None,
+            retention_days: None,
             enabled: true,
             created_at: Utc::now(),
         }
@@ -696,6 +763,38 @@ mod tests {
             Command::Target(TargetCommand::Login(cmd)) => Ok(cmd),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    fn parse_retention(args: &[&str]) -> Result<SetRetention, clap::Error> {
+        let all = ["pgbastion", "target", "retention"];
+        let cli = Cli::try_parse_from(all.iter().chain(args.iter()).copied())?;
+        match cli.command {
+            Command::Target(TargetCommand::Retention(args)) => Ok(args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retention_takes_days_or_keep_forever_but_not_both_nor_neither() {
+        let args = parse_retention(&["shop", "--days", "90"]).unwrap();
+        assert_eq!((args.name.as_str(), args.days), ("shop", Some(90)));
+        assert!(
+            parse_retention(&["shop", "--keep-forever"])
+                .unwrap()
+                .keep_forever
+        );
+        for bad in [
+            &["shop"][..],
+            &["shop", "--days", "90", "--keep-forever"],
+            &["shop", "--days", "0"],
+            &["shop", "--days", "-3"],
+            &["shop", "--days", "36501"],
+        ] {
+            assert!(parse_retention(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(retention_text(None), "forever");
+        assert_eq!(retention_text(Some(1)), "1 day");
+        assert_eq!(retention_text(Some(30)), "30 days");
     }
 
     #[test]

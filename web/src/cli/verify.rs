@@ -10,7 +10,8 @@ use gateway::record::chain::{
     ChainVerifier, RECORDING_KEY_FILE, RecordingKey, Verifier, VerifyReport, verify,
 };
 use gateway::record::export::read_jsonl;
-use gateway::store::{EndReason, RecordingPolicy, Session, Store};
+use gateway::record::integrity::{add_data_dir_key, never_relayed};
+use gateway::store::{RecordingPolicy, Session, Store};
 use uuid::Uuid;
 
 use super::Ctx;
@@ -80,10 +81,7 @@ pub async fn run(args: VerifyArgs, config: Config) -> anyhow::Result<()> {
     }
     // Recordings in the store were sealed by this data directory's key (or by keys passed in
     // after a rotation); with no key yet, unsealed recordings can still be checked.
-    if key_path.exists() {
-        let key = RecordingKey::load(&key_path)?;
-        keys.add_pem(key.public_key_pem(), &key_path.display().to_string())?;
-    }
+    add_data_dir_key(&mut keys, &config.data_dir)?;
     let ctx = Ctx::open(config).await?;
     let store = ctx.store.as_ref();
     if let Some(id) = args.session {
@@ -170,14 +168,7 @@ async fn verify_stored(
         return Ok(intact(&report));
     }
     let live = session.ended_at.is_none();
-    // Sessions that never relayed a message: the upstream login failed, or the recorder
-    // refused the session before its first statement (the gateway says so in the detail).
-    let never_relayed = session.end_reason == Some(EndReason::UpstreamFailed)
-        || (session.end_reason == Some(EndReason::Error)
-            && session
-                .end_detail
-                .as_deref()
-                .is_some_and(|d| d.starts_with("recording failed")));
+    let never_relayed = never_relayed(session);
     if report.events == 0 && session.recording == RecordingPolicy::Off {
         return Ok(format!(
             "session {id}: not recorded (its target's recording policy was off)"
@@ -223,7 +214,7 @@ mod tests {
     use gateway::record::chain::Chain;
     use gateway::record::event::{Event, EventKind};
     use gateway::record::export::write_jsonl;
-    use gateway::store::{NewSession, RecordingSeal, SessionEnd, StoredEvent};
+    use gateway::store::{EndReason, NewSession, RecordingSeal, SessionEnd, StoredEvent};
 
     use super::*;
 
@@ -285,6 +276,7 @@ mod tests {
                 tls_version: None,
                 started_at: Utc::now(),
                 recording: gateway::store::RecordingPolicy::Strict,
+                groups: Vec::new(),
             })
             .await
             .unwrap();

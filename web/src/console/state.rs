@@ -6,6 +6,8 @@ use std::sync::Arc;
 use gateway::config::Config;
 use gateway::credential::CredentialSigner;
 use gateway::keys::SecretBox;
+use gateway::record::chain::{ChainError, Verifier};
+use gateway::record::integrity::data_dir_keys;
 use gateway::store::{NewAuditEntry, Store};
 
 use super::auth::oidc::Oidc;
@@ -29,6 +31,18 @@ pub struct AppState {
     pub static_dir: PathBuf,
     /// Proxies whose `X-Forwarded-For` is believed (`console.trusted_proxies`).
     pub trusted_proxies: Arc<[std::net::IpAddr]>,
+    /// Public keys that check recording seals: the data directory's recording key, loaded as
+    /// `pgbastion verify` loads it.
+    pub verifier: Arc<Verifier>,
+}
+
+/// Why the console cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Oidc(#[from] super::auth::oidc::OidcError),
+    #[error("cannot load the recording key's public half to check seals: {0}")]
+    RecordingKey(#[from] ChainError),
 }
 
 impl AppState {
@@ -39,8 +53,10 @@ impl AppState {
         store: Arc<dyn Store>,
         signer: Arc<CredentialSigner>,
         secrets: Arc<SecretBox>,
-    ) -> Result<AppState, super::auth::oidc::OidcError> {
+    ) -> Result<AppState, StateError> {
         let public_url: Arc<str> = config.console.public_url().into();
+        // `serve` creates the recording key before the console starts, so it is there.
+        let verifier = Arc::new(data_dir_keys(&config.data_dir)?);
         let oidc = if config.oidc.issuer_url.is_empty() {
             None
         } else {
@@ -53,6 +69,7 @@ impl AppState {
             oidc,
             throttle: Arc::new(Throttle::default()),
             trusted_proxies: config.console.trusted_proxies.clone().into(),
+            verifier,
             public_url,
             static_dir: config
                 .console

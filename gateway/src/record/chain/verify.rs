@@ -137,6 +137,28 @@ impl ChainVerifier {
         }
     }
 
+    /// Continues a walk that an earlier one verified up to `seq`, the event whose hash is
+    /// `hash`: the statement indexer checks each new part of a recording as it comes, without
+    /// re-reading what it already checked.
+    pub fn resume(session_id: Uuid, seq: u64, hash: Hash) -> ChainVerifier {
+        ChainVerifier {
+            session_id,
+            next_seq: seq + 1,
+            prev: hash,
+            early: None,
+        }
+    }
+
+    /// The seq the next event must carry: also how many events link up so far.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The hash of the last event that linked up (the genesis while there is none).
+    pub fn last_hash(&self) -> Hash {
+        self.prev
+    }
+
     /// Checks the next event in stored order.
     pub fn push(&mut self, event: &StoredEvent) -> Result<(), VerifyError> {
         if event.session_id != self.session_id {
@@ -232,47 +254,86 @@ impl ChainVerifier {
         let Some(seal) = seal else {
             return Ok(report);
         };
-        if seal.session_id != self.session_id {
+        keys.check_seal(self.session_id, self.next_seq, &self.prev, seal)?;
+        report.sealed = true;
+        report.key_id = Some(seal.key_id.clone());
+        Ok(report)
+    }
+}
+
+// Seal checks as methods of the keys (inherent methods may live beside the code that uses them
+// most): callers outside `chain` reach them through the `Verifier` they hold.
+impl Verifier {
+    /// Checks only the seal's signature: the key that made it is known and the signature is its.
+    pub fn check_signature(&self, seal: &RecordingSeal) -> Result<(), VerifyError> {
+        match self.check(seal) {
+            SealCheck::Valid => Ok(()),
+            SealCheck::UnknownKey => Err(VerifyError::UnknownKey {
+                key_id: seal.key_id.clone(),
+                known: self.key_ids().join(", "),
+            }),
+            SealCheck::BadSignature => Err(VerifyError::BadSignature {
+                key_id: seal.key_id.clone(),
+            }),
+        }
+    }
+
+    /// Checks that `seal` closes the chain of `session_id` whose `events` events link up to
+    /// `final_hash`: the signature first, then what it signs. Lets a caller that verified the
+    /// chain earlier (the statement indexer) judge a seal without reading the events again.
+    pub fn check_seal(
+        &self,
+        session_id: Uuid,
+        events: u64,
+        final_hash: &Hash,
+        seal: &RecordingSeal,
+    ) -> Result<(), VerifyError> {
+        if seal.session_id != session_id {
             return Err(VerifyError::ForeignSeal {
-                session_id: self.session_id,
+                session_id,
                 other: seal.session_id,
             });
         }
         // A seal whose signature fails proves nothing, so its claims are not compared before.
-        match keys.check(seal) {
-            SealCheck::Valid => {}
-            SealCheck::UnknownKey => {
-                return Err(VerifyError::UnknownKey {
-                    key_id: seal.key_id.clone(),
-                    known: keys.key_ids().join(", "),
-                });
-            }
-            SealCheck::BadSignature => {
-                return Err(VerifyError::BadSignature {
-                    key_id: seal.key_id.clone(),
-                });
-            }
-        }
+        self.check_signature(seal)?;
         // The signature checked, so the count is a non-negative u64.
         let sealed = seal.event_count as u64;
-        if sealed > self.next_seq {
-            return Err(match self.next_seq.checked_sub(1) {
+        if sealed > events {
+            return Err(match events.checked_sub(1) {
                 Some(last_seq) => VerifyError::Truncated { last_seq, sealed },
                 None => VerifyError::Emptied { sealed },
             });
         }
-        if sealed < self.next_seq {
-            return Err(VerifyError::Extended {
-                sealed,
-                events: self.next_seq,
-            });
+        if sealed < events {
+            return Err(VerifyError::Extended { sealed, events });
         }
-        if seal.final_hash != self.prev {
+        if seal.final_hash != final_hash {
             return Err(VerifyError::FinalHashMismatch);
         }
-        report.sealed = true;
-        report.key_id = Some(seal.key_id.clone());
-        Ok(report)
+        Ok(())
+    }
+}
+
+impl VerifyError {
+    /// The seq at which the recording goes wrong, when there is one: the bad event, the first
+    /// one missing, or the first one past the seal. `None` when the seal itself is at fault.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            VerifyError::Edited { event }
+            | VerifyError::NotAnEvent { event, .. }
+            | VerifyError::ColumnEdited { event, .. }
+            | VerifyError::ForeignEvent { event, .. }
+            | VerifyError::BrokenLink { event } => u64::try_from(event.seq).ok(),
+            VerifyError::Missing { seq } | VerifyError::Duplicate { seq } => Some(*seq),
+            VerifyError::OutOfOrder { first, .. } => Some(*first),
+            VerifyError::Truncated { last_seq, .. } => Some(last_seq + 1),
+            VerifyError::Emptied { .. } => Some(0),
+            VerifyError::Extended { sealed, .. } => Some(*sealed),
+            VerifyError::ForeignSeal { .. }
+            | VerifyError::UnknownKey { .. }
+            | VerifyError::BadSignature { .. }
+            | VerifyError::FinalHashMismatch => None,
+        }
     }
 }
 

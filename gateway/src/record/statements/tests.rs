@@ -517,7 +517,16 @@ fn the_session_end_gives_out_what_was_running() {
     let statements = folder.take_finished();
     assert_eq!(statements.len(), 1);
     assert_eq!(statements[0].tag, None);
+    // It ran until the session ended.
+    assert_eq!(statements[0].duration_micros, 1_000);
     assert_eq!(folder.resume_seq(), 2);
+
+    let mut folder = StatementFolder::with_details(0, 'I');
+    for event in &script.0 {
+        folder.push(event);
+    }
+    let folded = folder.take_finished_with_details();
+    assert!(folded[0].1.as_ref().unwrap().interrupted);
 }
 
 #[test]
@@ -611,4 +620,140 @@ fn rendered_parameters_are_capped() {
     let rendered = render_params(&vec![big; 10]);
     assert!(rendered.len() <= super::MAX_PARAMS_BYTES + '…'.len_utf8());
     assert!(rendered.ends_with('…'));
+}
+
+/// Folds with details, in two rounds split at `split` (as the replay pages do).
+fn fold_details(
+    script: &Script,
+    split: usize,
+) -> Vec<(IndexedStatement, Option<Box<super::StatementDetail>>)> {
+    let mut first = StatementFolder::with_details(0, 'I');
+    for event in &script.0[..split] {
+        first.push(event);
+    }
+    let mut out = first.take_finished_with_details();
+    let resume = first.resume_seq();
+    let mut second = StatementFolder::with_details(resume, first.status());
+    for event in &script.0[resume as usize..] {
+        second.push(event);
+    }
+    second.finish();
+    out.extend(second.take_finished_with_details());
+    out
+}
+
+#[test]
+fn details_give_each_pipelined_execute_its_own_parameters_rows_and_error() {
+    let column = |name: &str| crate::record::event::Column {
+        name: name.into(),
+        type_oid: 25,
+    };
+    let one_row = |value: &str| EventKind::Rows {
+        rows: vec![vec![Some(text(value))]],
+        omitted: 0,
+    };
+    let sql = "SELECT $1::text AS v";
+    let script = Script::new()
+        .then(parse("s1", sql, StatementClass::Read))
+        .then(bind("p1", "s1", &[Some("a")]))
+        .then(execute("p1", "s1", sql, 0))
+        .then(bind("p2", "s1", &[Some("b")]))
+        .then(execute("p2", "s1", sql, 0))
+        .then(bind("p3", "s1", &[Some("c")]))
+        .then(execute("p3", "s1", sql, 0))
+        .then(EventKind::Sync)
+        .then(EventKind::RowDescription {
+            columns: vec![column("v")],
+        })
+        .then(one_row("a"))
+        .then(complete("SELECT 1", Some(1), 100))
+        .then(EventKind::RowDescription {
+            columns: vec![column("v")],
+        })
+        .then(error("22P02", "invalid input"))
+        .then(ready('I'));
+    for split in 0..=script.0.len() {
+        let folded = fold_details(&script, split);
+        let plain: Vec<IndexedStatement> = folded.iter().map(|(s, _)| s.clone()).collect();
+        assert_eq!(plain, fold(&script), "split at {split}");
+        // The third Execute never ran (the second failed before its Sync).
+        assert_eq!(folded.len(), 2, "split at {split}");
+        let first = folded[0].1.as_ref().expect("details");
+        assert_eq!(first.params[0].value.as_ref().unwrap().text, "a");
+        assert_eq!(first.results[0].columns[0].name, "v");
+        assert_eq!(first.results[0].rows.len(), 1);
+        assert_eq!(first.results[0].tag.as_deref(), Some("SELECT 1"));
+        assert!(first.error.is_none());
+        let second = folded[1].1.as_ref().expect("details");
+        assert_eq!(second.params[0].value.as_ref().unwrap().text, "b");
+        assert_eq!(second.error.as_ref().unwrap().code, "22P02");
+        assert!(second.results[0].rows.is_empty());
+    }
+}
+
+#[test]
+fn details_carry_the_transaction_status_notices_and_loose_errors() {
+    let notice = |text: &str| {
+        EventKind::Notice(ServerMessage {
+            severity: "NOTICE".into(),
+            code: "00000".into(),
+            message: text.into(),
+            detail: None,
+            hint: None,
+            position: None,
+        })
+    };
+    let script = Script::new()
+        .then(query("BEGIN", StatementClass::Transaction))
+        .then(complete("BEGIN", None, 10))
+        .then(ready('T'))
+        .then(query("SELECT 1/0", StatementClass::Read))
+        .then(notice("about to fail"))
+        .then(error("22012", "division by zero"))
+        .then(ready('E'))
+        .then(query("ROLLBACK", StatementClass::Transaction))
+        .then(complete("ROLLBACK", None, 10))
+        .then(ready('I'))
+        .then(notice("between statements"))
+        .then(EventKind::Error(ServerMessage {
+            severity: "FATAL".into(),
+            code: "57P01".into(),
+            message: "terminating connection".into(),
+            detail: None,
+            hint: None,
+            position: None,
+        }));
+    let mut folder = StatementFolder::with_details(0, 'I');
+    for event in &script.0 {
+        folder.push(event);
+    }
+    folder.finish();
+    let folded = folder.take_finished_with_details();
+    let detail = |i: usize| folded[i].1.as_ref().unwrap();
+    assert_eq!(folded.len(), 3);
+    assert_eq!(detail(0).status_before, 'I');
+    assert_eq!(detail(1).status_before, 'T');
+    assert_eq!(detail(1).notices[0].message, "about to fail");
+    assert_eq!(detail(1).error.as_ref().unwrap().code, "22012");
+    assert_eq!(detail(2).status_before, 'E');
+    let loose = folder.take_loose();
+    assert_eq!(loose.len(), 2);
+    assert_eq!((loose[0].0, loose[1].0), (10, 11));
+    assert_eq!(loose[1].1.severity, "FATAL");
+}
+
+#[test]
+fn the_indexer_folder_collects_no_details() {
+    let mut folder = StatementFolder::new(0);
+    for event in &pipeline(false).0 {
+        folder.push(event);
+    }
+    folder.finish();
+    assert!(
+        folder
+            .take_finished_with_details()
+            .iter()
+            .all(|(_, d)| d.is_none())
+    );
+    assert!(folder.take_loose().is_empty());
 }

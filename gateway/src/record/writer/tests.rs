@@ -41,6 +41,7 @@ fn target(recording: RecordingPolicy) -> Arc<Target> {
         recording,
         record_max_rows: Some(1),
         record_max_result_bytes: None,
+        retention_days: None,
     })
 }
 
@@ -86,6 +87,7 @@ async fn session(store: &Arc<dyn Store>, target: &Arc<Target>) -> SessionInfo {
             tls_version: info.tls_version.clone(),
             started_at: info.started_at,
             recording: crate::store::RecordingPolicy::Strict,
+            groups: Vec::new(),
         })
         .await
         .unwrap();

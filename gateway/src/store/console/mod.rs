@@ -225,6 +225,11 @@ pub trait ConsoleStore: Send + Sync {
     // --- access requests ---
     async fn insert_access_request(&self, request: &AccessRequest) -> StoreResult<()>;
     async fn access_request(&self, id: Uuid) -> StoreResult<Option<AccessRequest>>;
+    /// The request a credential was issued for (none for credentials from `token issue`).
+    async fn access_request_for_credential(
+        &self,
+        credential_id: Uuid,
+    ) -> StoreResult<Option<AccessRequest>>;
     /// Newest first.
     async fn list_access_requests(&self, filter: &RequestFilter)
     -> StoreResult<Vec<AccessRequest>>;

@@ -322,6 +322,23 @@ impl ConsoleStore for PgStore {
         .transpose()
     }
 
+    async fn access_request_for_credential(
+        &self,
+        credential_id: Uuid,
+    ) -> StoreResult<Option<AccessRequest>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM access_requests WHERE credential_id = $1"
+        ))
+        .bind(credential_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(request_from_row)
+        .transpose()
+    }
+
     async fn list_access_requests(&self, f: &RequestFilter) -> StoreResult<Vec<AccessRequest>> {
         let all = sqlx::query(concat!(
             "SELECT ",

@@ -46,6 +46,56 @@ pub struct SessionToIndex {
     /// The session had ended when this was read: once its events are read to the last, it is
     /// complete.
     pub ended: bool,
+    /// How far its hash chain is checked.
+    pub chain: ChainProgress,
+}
+
+/// How far the indexer has checked a session's hash chain (`session_stats.chain_*`, migration
+/// 0009).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainProgress {
+    /// `(seq, hash)`: events 0..=seq link up and `hash` is the hash of event seq; `None` while
+    /// no event is checked.
+    pub verified: Option<(i64, Vec<u8>)>,
+    /// `(seq, reason)`: event seq does not link up (nothing after it is checked, ever).
+    pub broken: Option<(i64, String)>,
+}
+
+/// [`ChainProgress`] as `session_stats` stores it.
+struct ChainColumns<'a> {
+    verified: Option<i64>,
+    hash: Option<&'a [u8]>,
+    broken: Option<i64>,
+    reason: Option<&'a str>,
+}
+
+impl ChainProgress {
+    /// The seq the check continues at.
+    pub fn next_seq(&self) -> i64 {
+        self.verified.as_ref().map_or(0, |(seq, _)| seq + 1)
+    }
+
+    /// The values of the `chain_*` columns.
+    fn columns(&self) -> ChainColumns<'_> {
+        ChainColumns {
+            verified: self.verified.as_ref().map(|(seq, _)| *seq),
+            hash: self.verified.as_ref().map(|(_, hash)| hash.as_slice()),
+            broken: self.broken.as_ref().map(|(seq, _)| *seq),
+            reason: self.broken.as_ref().map(|(_, reason)| reason.as_str()),
+        }
+    }
+
+    fn from_columns(
+        verified: Option<i64>,
+        hash: Option<Vec<u8>>,
+        broken: Option<i64>,
+        reason: Option<String>,
+    ) -> ChainProgress {
+        ChainProgress {
+            verified: verified.zip(hash),
+            broken: broken.map(|seq| (seq, reason.unwrap_or_default())),
+        }
+    }
 }
 
 /// What one round of indexing found in a session, stored by [`SearchStore::save_index`].
@@ -65,10 +115,13 @@ pub struct IndexUpdate<'a> {
     pub complete: bool,
     /// The statements given out this round (their counts are added to the session's).
     pub statements: &'a [IndexedStatement],
+    /// How far the hash chain is checked after this round (replaces what was stored).
+    pub chain: ChainProgress,
 }
 
-/// The counts the session list shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The counts the session list shows, and how far the indexer checked the hash chain (what
+/// [`crate::record::integrity::assess`] judges a session by).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionStats {
     pub statements: i64,
     pub errors: i64,
@@ -77,6 +130,13 @@ pub struct SessionStats {
     pub indexed_seq: i64,
     /// False while the session is live or its last events are not indexed yet.
     pub complete: bool,
+    /// Events 0..=this link up (`None`: none checked yet).
+    pub chain_verified_seq: Option<i64>,
+    /// The hash of event `chain_verified_seq` (32 bytes).
+    pub chain_hash: Option<Vec<u8>>,
+    /// The first event that does not link up, and why.
+    pub chain_broken_seq: Option<i64>,
+    pub chain_broken_reason: Option<String>,
 }
 
 /// How free text matches.
@@ -134,6 +194,11 @@ pub struct StatementHit {
     pub tag: Option<String>,
     pub rows: Option<i64>,
     pub duration_micros: i64,
+    /// The whole SQL and parameters as recorded (capped and redacted by the capture), and the
+    /// error's message: what exports carry.
+    pub sql: String,
+    pub params: String,
+    pub error_message: Option<String>,
     /// Part of the SQL (or of the parameters, when only they matched), plain text with each
     /// match between [`MARK_START`] and [`MARK_END`]: escape it for HTML first, then turn the
     /// markers into `<mark>` and `</mark>`. The recorded text never holds the markers.

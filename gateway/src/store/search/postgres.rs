@@ -13,9 +13,9 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{
-    IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex, StatementHit,
-    StatementPage, StatementQuery, class_name, contains_pattern, counts, decode_class,
-    insert_chunk, signed, snippet::snippet,
+    ChainProgress, IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex,
+    StatementHit, StatementPage, StatementQuery, class_name, contains_pattern, counts,
+    decode_class, insert_chunk, signed, snippet::snippet,
 };
 use crate::store::StoreResult;
 use crate::store::models::now;
@@ -78,6 +78,9 @@ fn hit_from_row(row: &PgRow, needle: &Needle) -> StoreResult<StatementHit> {
         rows: row.try_get("rows")?,
         duration_micros: row.try_get("duration_micros")?,
         snippet: snippet(row.try_get("sql")?, row.try_get("params")?, needle),
+        sql: row.try_get("sql")?,
+        params: row.try_get("params")?,
+        error_message: row.try_get("error_message")?,
     })
 }
 
@@ -88,7 +91,8 @@ impl SearchStore for PgStore {
         // recording_blocks per incomplete session.
         let rows = sqlx::query(
             "SELECT st.session_id, s.person_login, s.target_name, st.indexed_seq, \
-             st.resume_seq, s.ended_at IS NOT NULL AS ended \
+             st.resume_seq, s.ended_at IS NOT NULL AS ended, st.chain_verified_seq, \
+             st.chain_hash, st.chain_broken_seq, st.chain_broken_reason \
              FROM session_stats st JOIN sessions s ON s.id = st.session_id \
              WHERE NOT st.complete AND (s.ended_at IS NOT NULL OR COALESCE(\
                (SELECT b.last_seq FROM recording_blocks b WHERE b.session_id = st.session_id \
@@ -107,6 +111,12 @@ impl SearchStore for PgStore {
                     indexed_seq: row.try_get("indexed_seq")?,
                     resume_seq: row.try_get("resume_seq")?,
                     ended: row.try_get("ended")?,
+                    chain: ChainProgress::from_columns(
+                        row.try_get("chain_verified_seq")?,
+                        row.try_get("chain_hash")?,
+                        row.try_get("chain_broken_seq")?,
+                        row.try_get("chain_broken_reason")?,
+                    ),
                 })
             })
             .collect()
@@ -114,13 +124,15 @@ impl SearchStore for PgStore {
 
     async fn save_index(&self, update: &IndexUpdate<'_>) -> StoreResult<bool> {
         let (statements, errors, risky) = counts(update.statements);
+        let chain = update.chain.columns();
         let mut tx = self.pool.begin().await?;
         // The row lock this takes makes a concurrent save of the same session wait, then find
         // the values changed and update nothing.
         let claimed = sqlx::query(
             "UPDATE session_stats SET indexed_seq = $1, resume_seq = $2, complete = $3, \
              statements = statements + $4, errors = errors + $5, risky = risky + $6, \
-             updated_at = $7 \
+             updated_at = $7, chain_verified_seq = $11, chain_hash = $12, \
+             chain_broken_seq = $13, chain_broken_reason = $14 \
              WHERE session_id = $8 AND indexed_seq = $9 AND resume_seq = $10 AND NOT complete",
         )
         .bind(update.to_seq)
@@ -133,6 +145,10 @@ impl SearchStore for PgStore {
         .bind(update.session_id)
         .bind(update.from_seq)
         .bind(update.from_resume_seq)
+        .bind(chain.verified)
+        .bind(chain.hash)
+        .bind(chain.broken)
+        .bind(chain.reason)
         .execute(&mut *tx)
         .await?;
         if claimed.rows_affected() == 0 {
@@ -178,7 +194,8 @@ impl SearchStore for PgStore {
 
     async fn session_stats(&self, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, SessionStats>> {
         let rows = sqlx::query(
-            "SELECT session_id, statements, errors, risky, indexed_seq, complete \
+            "SELECT session_id, statements, errors, risky, indexed_seq, complete, \
+             chain_verified_seq, chain_hash, chain_broken_seq, chain_broken_reason \
              FROM session_stats WHERE session_id = ANY($1)",
         )
         .bind(ids)
@@ -194,6 +211,10 @@ impl SearchStore for PgStore {
                         risky: row.try_get("risky")?,
                         indexed_seq: row.try_get("indexed_seq")?,
                         complete: row.try_get("complete")?,
+                        chain_verified_seq: row.try_get("chain_verified_seq")?,
+                        chain_hash: row.try_get("chain_hash")?,
+                        chain_broken_seq: row.try_get("chain_broken_seq")?,
+                        chain_broken_reason: row.try_get("chain_broken_reason")?,
                     },
                 ))
             })
@@ -212,8 +233,8 @@ impl SearchStore for PgStore {
         }
         let mut sql = QueryBuilder::<Postgres>::new(
             "SELECT r.session_id, r.seq, r.at, r.person_login, r.target_name, r.class, r.risks, \
-             r.risky, r.has_error, r.sqlstate, r.tag, r.rows, r.duration_micros, r.sql, \
-             r.params FROM recorded_statements r WHERE true",
+             r.risky, r.has_error, r.sqlstate, r.error_message, r.tag, r.rows, \
+             r.duration_micros, r.sql, r.params FROM recorded_statements r WHERE true",
         );
         match &needle {
             // plainto_tsquery reads any text as words joined by AND: nothing in it is syntax.

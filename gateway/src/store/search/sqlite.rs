@@ -18,8 +18,9 @@ use uuid::Uuid;
 
 use super::snippet::{is_match, snippet};
 use super::{
-    IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex, StatementHit,
-    StatementPage, StatementQuery, class_name, counts, decode_class, insert_chunk, signed,
+    ChainProgress, IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex,
+    StatementHit, StatementPage, StatementQuery, class_name, counts, decode_class, insert_chunk,
+    signed,
 };
 use crate::store::models::now;
 use crate::store::sqlite::{SqliteStore, groups_json, ts};
@@ -109,8 +110,8 @@ impl SqliteStore {
     ) -> StoreResult<Vec<SqliteRow>> {
         let mut sql = QueryBuilder::<Sqlite>::new(
             "SELECT r.session_id, r.seq, r.at, r.person_login, r.target_name, r.class, r.risks, \
-             r.risky, r.has_error, r.sqlstate, r.tag, r.rows, r.duration_micros, r.sql, \
-             r.params ",
+             r.risky, r.has_error, r.sqlstate, r.error_message, r.tag, r.rows, \
+             r.duration_micros, r.sql, r.params ",
         );
         match full_text {
             Some((index, text)) => {
@@ -236,6 +237,9 @@ fn hit_from_row(row: &SqliteRow, needle: &Needle) -> StoreResult<StatementHit> {
         rows: row.try_get("rows")?,
         duration_micros: row.try_get("duration_micros")?,
         snippet: snippet(row.try_get("sql")?, row.try_get("params")?, needle),
+        sql: row.try_get("sql")?,
+        params: row.try_get("params")?,
+        error_message: row.try_get("error_message")?,
     })
 }
 
@@ -248,6 +252,10 @@ fn stats_from_row(row: &SqliteRow) -> StoreResult<(Uuid, SessionStats)> {
             risky: row.try_get("risky")?,
             indexed_seq: row.try_get("indexed_seq")?,
             complete: row.try_get("complete")?,
+            chain_verified_seq: row.try_get("chain_verified_seq")?,
+            chain_hash: row.try_get("chain_hash")?,
+            chain_broken_seq: row.try_get("chain_broken_seq")?,
+            chain_broken_reason: row.try_get("chain_broken_reason")?,
         },
     ))
 }
@@ -259,7 +267,8 @@ impl SearchStore for SqliteStore {
         // recording_blocks per incomplete session.
         let rows = sqlx::query(
             "SELECT st.session_id, s.person_login, s.target_name, st.indexed_seq, \
-             st.resume_seq, s.ended_at IS NOT NULL AS ended \
+             st.resume_seq, s.ended_at IS NOT NULL AS ended, st.chain_verified_seq, \
+             st.chain_hash, st.chain_broken_seq, st.chain_broken_reason \
              FROM session_stats st JOIN sessions s ON s.id = st.session_id \
              WHERE st.complete = 0 AND (s.ended_at IS NOT NULL OR COALESCE(\
                (SELECT b.last_seq FROM recording_blocks b WHERE b.session_id = st.session_id \
@@ -278,6 +287,12 @@ impl SearchStore for SqliteStore {
                     indexed_seq: row.try_get("indexed_seq")?,
                     resume_seq: row.try_get("resume_seq")?,
                     ended: row.try_get("ended")?,
+                    chain: ChainProgress::from_columns(
+                        row.try_get("chain_verified_seq")?,
+                        row.try_get("chain_hash")?,
+                        row.try_get("chain_broken_seq")?,
+                        row.try_get("chain_broken_reason")?,
+                    ),
                 })
             })
             .collect()
@@ -285,13 +300,15 @@ impl SearchStore for SqliteStore {
 
     async fn save_index(&self, update: &IndexUpdate<'_>) -> StoreResult<bool> {
         let (statements, errors, risky) = counts(update.statements);
+        let chain = update.chain.columns();
         // IMMEDIATE: the write lock first, so the check below and the inserts see no other
         // writer in between (and a read never has to be upgraded to a write).
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let claimed = sqlx::query(
             "UPDATE session_stats SET indexed_seq = ?, resume_seq = ?, complete = ?, \
              statements = statements + ?, errors = errors + ?, risky = risky + ?, \
-             updated_at = ? \
+             updated_at = ?, chain_hash = ?, chain_verified_seq = ?, chain_broken_reason = ?, \
+             chain_broken_seq = ? \
              WHERE session_id = ? AND indexed_seq = ? AND resume_seq = ? AND complete = 0",
         )
         .bind(update.to_seq)
@@ -301,6 +318,10 @@ impl SearchStore for SqliteStore {
         .bind(errors)
         .bind(risky)
         .bind(ts(now()))
+        .bind(chain.hash)
+        .bind(chain.verified)
+        .bind(chain.reason)
+        .bind(chain.broken)
         .bind(update.session_id)
         .bind(update.from_seq)
         .bind(update.from_resume_seq)
@@ -351,7 +372,8 @@ impl SearchStore for SqliteStore {
         let mut stats = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(IDS_PER_QUERY) {
             let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT session_id, statements, errors, risky, indexed_seq, complete \
+                "SELECT session_id, statements, errors, risky, indexed_seq, complete, \
+                 chain_verified_seq, chain_hash, chain_broken_seq, chain_broken_reason \
                  FROM session_stats WHERE session_id IN (",
             );
             let mut list = query.separated(", ");

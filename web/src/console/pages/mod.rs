@@ -7,6 +7,7 @@ pub mod audit;
 pub mod credentials;
 pub mod export;
 pub mod home;
+pub mod integrity;
 pub mod replay;
 pub mod sessions;
 

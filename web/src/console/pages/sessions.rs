@@ -9,6 +9,7 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::Response;
 use chrono::{DateTime, NaiveDate, Utc};
+use gateway::record::integrity::assess;
 use gateway::store::search::{MARK_END, MARK_START, class_name, parse_class};
 use gateway::store::{
     SessionFilter, SessionPage, SessionStatus, SessionSummary, StatementHit, StatementPage,
@@ -32,6 +33,9 @@ pub struct Filters {
     pub person: String,
     #[serde(default)]
     pub target: String,
+    /// A group the person was in when the session started.
+    #[serde(default)]
+    pub group: String,
     /// live, ended or terminated.
     #[serde(default)]
     pub status: String,
@@ -65,11 +69,23 @@ impl Filters {
             || !self.risky.is_empty()
     }
 
+    /// The filters as a query string, without the page cursor (for the exports' links).
+    fn query_string(&self) -> String {
+        let full = self.next_url("");
+        let query = full.split_once('?').map_or("", |(_, q)| q);
+        query
+            .strip_suffix("before=")
+            .unwrap_or(query)
+            .trim_end_matches('&')
+            .to_string()
+    }
+
     /// This page's URL with `before` set to `cursor`.
     fn next_url(&self, cursor: &str) -> String {
         let pairs = [
             ("person", &self.person),
             ("target", &self.target),
+            ("group", &self.group),
             ("status", &self.status),
             ("from", &self.from),
             ("to", &self.to),
@@ -174,7 +190,10 @@ pub struct SessionRow {
     pub statements: String,
     pub errors: String,
     pub risky: String,
-    pub integrity: &'static str,
+    pub integrity: String,
+    /// The integrity badge's colour class, and what it means.
+    pub integrity_css: &'static str,
+    pub integrity_title: String,
 }
 
 /// A snippet cut into plain pieces, each marked as a match or not: the template escapes each
@@ -200,6 +219,7 @@ pub struct SessionsPage {
     pub everyone: bool,
     pub person: String,
     pub target: String,
+    pub group: String,
     pub status: String,
     pub from: String,
     pub to: String,
@@ -213,6 +233,8 @@ pub struct SessionsPage {
     pub hits: Vec<HitRow>,
     pub next: Option<String>,
     pub classes: Vec<&'static str>,
+    /// The filters as a query string, for the search's export links.
+    pub export_query: String,
 }
 
 pub async fn mine(
@@ -233,6 +255,7 @@ pub async fn mine(
             String::new()
         },
         target: f.target.clone(),
+        group: f.group.clone(),
         status: f.status.clone(),
         from: f.from.clone(),
         to: f.to.clone(),
@@ -245,6 +268,7 @@ pub async fn mine(
         rows: Vec::new(),
         hits: Vec::new(),
         next: None,
+        export_query: f.query_string(),
         classes: [
             "read",
             "write",
@@ -257,6 +281,13 @@ pub async fn mine(
         .to_vec(),
     };
     if page.searching {
+        if !f.group.trim().is_empty() {
+            return Err(ConsoleError::BadRequest(
+                "The group filter narrows the session list; clear the search text, class, \
+                 errors and risky filters to use it."
+                    .into(),
+            ));
+        }
         let query = statement_query(&f, person)?;
         let cursor = statement_cursor(&f.before)?;
         let hits = state
@@ -287,6 +318,7 @@ pub async fn mine(
                 "terminated" => Some(SessionStatus::Terminated),
                 other => return Err(bad("status", other)),
             },
+            group: opt(&f.group),
         };
         let sessions = state
             .store
@@ -300,11 +332,20 @@ pub async fn mine(
             .await?;
         let ids: Vec<Uuid> = sessions.iter().map(|s| s.session.id).collect();
         let stats = state.store.session_stats(&ids).await?;
+        let mut seals = HashMap::new();
+        for summary in sessions.iter().filter(|s| s.sealed) {
+            if let Some(seal) = state.store.recording_seal(summary.session.id).await? {
+                seals.insert(summary.session.id, seal);
+            }
+        }
         if let Some(last) = sessions.last().filter(|_| sessions.len() as i64 == PAGE) {
             let (at, id) = last.cursor();
             page.next = Some(f.next_url(&format!("{},{id}", at.to_rfc3339())));
         }
-        page.rows = sessions.iter().map(|s| session_row(s, &stats)).collect();
+        page.rows = sessions
+            .iter()
+            .map(|s| session_row(s, &stats, &seals, &state.verifier))
+            .collect();
     }
     Ok(render(&page))
 }
@@ -332,6 +373,8 @@ fn statement_cursor(value: &str) -> ConsoleResult<Option<(DateTime<Utc>, Uuid, i
 fn session_row(
     s: &SessionSummary,
     stats: &HashMap<Uuid, gateway::store::SessionStats>,
+    seals: &HashMap<Uuid, gateway::store::RecordingSeal>,
+    keys: &gateway::record::chain::Verifier,
 ) -> SessionRow {
     let session = &s.session;
     let now = Utc::now();
@@ -352,15 +395,7 @@ fn session_row(
     let count = |f: fn(&gateway::store::SessionStats) -> i64| {
         counts.map(|c| f(c).to_string()).unwrap_or_default()
     };
-    let integrity = if session.recording == gateway::store::RecordingPolicy::Off {
-        "not recorded"
-    } else if s.sealed {
-        "sealed"
-    } else if session.ended_at.is_some() {
-        "unsealed"
-    } else {
-        "recording"
-    };
+    let integrity = assess(session, counts, seals.get(&session.id), keys);
     SessionRow {
         id: session.id.to_string(),
         person: session.person_login.clone(),
@@ -376,7 +411,9 @@ fn session_row(
         statements: count(|c| c.statements),
         errors: count(|c| c.errors),
         risky: count(|c| c.risky),
-        integrity,
+        integrity: integrity.label(),
+        integrity_css: integrity.css(),
+        integrity_title: integrity.explain(),
     }
 }
 
@@ -438,6 +475,18 @@ fn client_ip(addr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_links_carry_the_filters_but_not_the_page() {
+        let f = Filters {
+            q: "a&b c".into(),
+            target: "shop".into(),
+            before: "2026-01-01T00:00:00+00:00,x,1".into(),
+            ..Filters::default()
+        };
+        assert_eq!(f.query_string(), "target=shop&q=a%26b+c");
+        assert_eq!(Filters::default().query_string(), "");
+    }
 
     #[test]
     fn snippets_split_at_their_markers_and_cursors_round_trip() {

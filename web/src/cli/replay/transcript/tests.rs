@@ -33,6 +33,7 @@ fn session() -> Session {
         bytes_client_to_server: 10,
         bytes_server_to_client: 20,
         recording: gateway::store::RecordingPolicy::Strict,
+        groups: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! recording policy) and add what a form needs that a shell already enforces (no empty
 //! fields, no control characters, bounded sizes).
 
+use gateway::store::retention::MAX_RETENTION_DAYS;
 use gateway::store::{RecordingPolicy, UpstreamTls};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -40,6 +41,9 @@ pub struct TargetFields {
     pub upstream_password: String,
     #[serde(default)]
     pub recording: String,
+    /// Days ended sessions are kept; empty keeps them forever.
+    #[serde(default)]
+    pub retention_days: String,
     /// Only in the "edit" form.
     #[serde(default)]
     pub clear_secret: Option<String>,
@@ -55,6 +59,8 @@ pub struct Settings {
     pub ca_pem: Option<String>,
     pub upstream_user: String,
     pub recording: RecordingPolicy,
+    /// Days ended sessions are kept; None: forever.
+    pub retention_days: Option<u32>,
 }
 
 /// What to do with the stored upstream secret.
@@ -143,6 +149,21 @@ fn ca_pem(tls_mode: UpstreamTls, value: &str) -> Result<Option<String>, ConsoleE
     Ok(Some(format!("{pem}\n")))
 }
 
+/// Days to keep ended sessions: a whole number from 1 to a century, or empty for forever.
+fn retention_days(value: &str) -> Result<Option<u32>, ConsoleError> {
+    let text = value.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<u32>() {
+        Ok(days) if (1..=MAX_RETENTION_DAYS).contains(&days) => Ok(Some(days)),
+        _ => Err(ConsoleError::BadRequest(format!(
+            "Keep recordings for '{text}' days is not possible: give a whole number of days \
+             from 1 to {MAX_RETENTION_DAYS}, or leave it empty to keep them forever."
+        ))),
+    }
+}
+
 /// A new password: taken as typed (spaces included); empty means "none" (add) or "keep"
 /// (edit).
 fn password(value: &str) -> Result<Option<String>, ConsoleError> {
@@ -186,6 +207,7 @@ impl TargetFields {
             ca_pem: ca_pem(tls_mode, &self.ca_pem)?,
             upstream_user: pg_name("upstream user", &self.upstream_user)?,
             recording,
+            retention_days: retention_days(&self.retention_days)?,
         })
     }
 
@@ -263,8 +285,23 @@ kJ1jcsJFRGBk7kGcfmkvmfER9Mc=\n\
                 ca_pem: None,
                 upstream_user: "shop_ro".into(),
                 recording: RecordingPolicy::Strict,
+                retention_days: None,
             }
         );
+    }
+
+    #[test]
+    fn retention_is_empty_for_forever_or_days_up_to_a_century() {
+        let mut f = fields();
+        for (text, days) in [("", None), ("  ", None), ("30", Some(30)), (" 1 ", Some(1))] {
+            f.retention_days = text.into();
+            assert_eq!(f.settings().unwrap().retention_days, days, "{text:?}");
+        }
+        for text in ["0", "-1", "1.5", "a week", "36501"] {
+            f.retention_days = text.into();
+            let err = message(f.settings().unwrap_err());
+            assert!(err.contains("Keep recordings"), "{text}: {err}");
+        }
     }
 
     #[test]

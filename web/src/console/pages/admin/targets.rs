@@ -25,6 +25,8 @@ pub struct TargetRow {
     pub tls: &'static str,
     pub user: String,
     pub recording: String,
+    /// How long ended sessions are kept ("forever", "30 days").
+    pub kept: String,
     pub enabled: bool,
     pub secret: &'static str,
 }
@@ -61,6 +63,8 @@ pub struct TargetPage {
     pub secret_set: bool,
     pub enabled: bool,
     pub caps: String,
+    /// The retention field's value: days, or empty for forever.
+    pub retention_days: String,
     pub created: String,
     pub tls_modes: Vec<Choice>,
     pub recordings: Vec<Choice>,
@@ -82,6 +86,15 @@ fn recording_summary(t: &Target) -> String {
         t.recording.as_str().to_string()
     } else {
         format!("{} ({caps})", t.recording.as_str())
+    }
+}
+
+/// How long a target keeps ended sessions, for the list.
+fn kept_text(days: Option<u32>) -> String {
+    match days {
+        Some(1) => "1 day".into(),
+        Some(n) => format!("{n} days"),
+        None => "forever".into(),
     }
 }
 
@@ -116,6 +129,7 @@ pub async fn list(
             upstream: format!("{}:{}", t.host, t.port),
             tls: t.tls_mode.as_str(),
             recording: recording_summary(&t),
+            kept: kept_text(t.retention_days),
             secret: set_or_none(t.upstream_secret_sealed.is_some()),
             enabled: t.enabled,
             name: t.name,
@@ -143,6 +157,7 @@ fn audit_detail(s: &Settings, secret: &str) -> serde_json::Value {
         "ca": set_or_none(s.ca_pem.is_some()),
         "upstream_user": s.upstream_user,
         "recording": s.recording.as_str(),
+        "retention_days": s.retention_days,
         "secret": secret,
     })
 }
@@ -181,6 +196,15 @@ pub async fn add(
             )),
             other => other.into(),
         })?;
+    let target = match settings.retention_days {
+        Some(days) => {
+            state
+                .store
+                .set_target_retention(&target.name, Some(days))
+                .await?
+        }
+        None => target,
+    };
     state
         .audit(
             &viewer.login,
@@ -243,6 +267,10 @@ async fn edit_page(
         nav: Nav::new(viewer, "targets"),
         path: path_segment(&target.name),
         caps: caps_text(&target),
+        retention_days: target
+            .retention_days
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
         created: time(target.created_at),
         tls_modes: choices(&TLS_MODES, target.tls_mode.as_str()),
         recordings: choices(&RECORDING_POLICIES, target.recording.as_str()),
@@ -305,6 +333,10 @@ fn changed_fields(before: &Target, after: &Settings, secret: &SecretChange) -> V
         ("ca", before.ca_pem != after.ca_pem),
         ("upstream_user", before.upstream_user != after.upstream_user),
         ("recording", before.recording != after.recording),
+        (
+            "retention_days",
+            before.retention_days != after.retention_days,
+        ),
         ("secret", *secret != SecretChange::Keep),
     ]
     .into_iter()
@@ -355,6 +387,13 @@ pub async fn save(
                 target.record_max_rows,
                 target.record_max_result_bytes,
             )
+            .await
+            .map_err(missing)?;
+    }
+    if settings.retention_days != target.retention_days {
+        state
+            .store
+            .set_target_retention(&target.name, settings.retention_days)
             .await
             .map_err(missing)?;
     }
@@ -463,6 +502,7 @@ mod tests {
             recording: RecordingPolicy::Strict,
             record_max_rows: None,
             record_max_result_bytes: None,
+            retention_days: None,
             enabled: true,
             created_at: chrono::Utc::now(),
         }
@@ -477,6 +517,7 @@ mod tests {
             ca_pem: t.ca_pem.clone(),
             upstream_user: t.upstream_user.clone(),
             recording: t.recording,
+            retention_days: t.retention_days,
         }
     }
 
@@ -487,10 +528,11 @@ mod tests {
         assert!(changed_fields(&before, &after, &SecretChange::Keep).is_empty());
         after.port = 6432;
         after.recording = RecordingPolicy::Off;
+        after.retention_days = Some(30);
         let secret = SecretChange::Set("hunter2".into());
         assert_eq!(
             changed_fields(&before, &after, &secret),
-            ["port", "recording", "secret"]
+            ["port", "recording", "retention_days", "secret"]
         );
         let detail = audit_detail(&after, secret.describe()).to_string();
         assert!(!detail.contains("hunter2"), "{detail}");
