@@ -248,9 +248,86 @@
       nodes[i] = e.kind === "statement" ? statementNode(e) : eventNode(e);
       nodes[i].dataset.index = i;
       nodes[i].dataset.seq = e.seq;
+      if (i === wantedIndex) nodes[i].classList.add("wanted");
+      if (i === current) nodes[i].classList.add("current");
     }
     return nodes[i];
   }
+
+  // Entries lo..=hi are on the page, at most MAX_ON_PAGE of them: a session of 100,000
+  // statements must not put 100,000 elements in the page. Nodes taken off are dropped, and
+  // rebuilt from their entry if they come back. Bars at both ends say what is off the page
+  // and bring it back.
+  const MAX_ON_PAGE = 1500;
+  let lo = 0;
+  let hi = -1;
+  const earlierBar = node("button", "window-bar");
+  earlierBar.type = "button";
+  const laterBar = node("button", "window-bar");
+  laterBar.type = "button";
+  transcript.appendChild(earlierBar);
+  transcript.appendChild(laterBar);
+
+  function drop(k) {
+    if (nodes[k]) {
+      nodes[k].remove();
+      nodes[k] = undefined;
+    }
+  }
+
+  // Puts exactly entries a..=b (b <= shown) on the page, reusing what is there.
+  function place(a, b) {
+    if (b < a || b < lo || a > hi) {
+      for (let k = lo; k <= hi; k++) drop(k);
+      lo = a;
+      hi = a - 1;
+    }
+    for (let k = lo; k < Math.min(a, hi + 1); k++) drop(k);
+    for (let k = hi; k > b && k >= lo; k--) drop(k);
+    if (a < lo) {
+      const frag = document.createDocumentFragment();
+      for (let k = a; k < lo; k++) frag.appendChild(build(k));
+      earlierBar.after(frag);
+    }
+    if (b > hi) {
+      const frag = document.createDocumentFragment();
+      for (let k = Math.max(hi + 1, a); k <= b; k++) frag.appendChild(build(k));
+      laterBar.before(frag);
+    }
+    lo = a;
+    hi = b;
+    updateBars();
+  }
+
+  function updateBars() {
+    const earlier = hi >= lo ? lo : 0;
+    const later = shown - Math.max(hi, lo - 1);
+    earlierBar.hidden = earlier <= 0;
+    earlierBar.textContent = "↑ " + earlier + " earlier entries are off the page: show more";
+    laterBar.hidden = later <= 0;
+    laterBar.textContent = "↓ " + later + " later entries are off the page: show more";
+  }
+
+  // The window moved to hold entry i, keeping as much of what is there as fits.
+  function reveal(i) {
+    if (i < 0 || (i >= lo && i <= hi)) return;
+    if (i > hi) {
+      const b = Math.max(i, Math.min(shown, hi));
+      place(Math.max(lo, b - MAX_ON_PAGE + 1, i - MAX_ON_PAGE + 1), b);
+    } else {
+      place(i, Math.min(hi, i + MAX_ON_PAGE - 1));
+    }
+  }
+
+  earlierBar.addEventListener("click", () => {
+    const a = Math.max(0, lo - MAX_ON_PAGE / 3);
+    place(a, Math.min(hi, a + MAX_ON_PAGE - 1));
+    if (nodes[lo + (MAX_ON_PAGE / 3)]) nodes[lo + MAX_ON_PAGE / 3].scrollIntoView({ block: "start" });
+  });
+  laterBar.addEventListener("click", () => {
+    const b = Math.min(shown, hi + MAX_ON_PAGE / 3);
+    place(Math.max(lo, b - MAX_ON_PAGE + 1), b);
+  });
 
   // ---- shown entries and the current one ----
   // Entries 0..=shown are on the page; `current` is the highlighted one. Stepping and jumping
@@ -266,29 +343,29 @@
     return noiseToggle.checked || !entries[i].noise;
   }
 
+  // How many statements come up to entry i (counted once, when entries arrive).
   function statementIndex(i) {
-    let n = 0;
-    for (let k = 0; k <= i && k < entries.length; k++) if (entries[k].kind === "statement") n++;
-    return n;
+    return i < 0 ? 0 : entries[Math.min(i, entries.length - 1)].nth;
   }
 
+  // Moves the playhead: entries after it leave the page; entries up to it may be shown.
   function showUpTo(i) {
     i = Math.min(i, entries.length - 1);
-    if (i < shown) {
-      for (let k = shown; k > i; k--) if (nodes[k] && nodes[k].parentNode) nodes[k].remove();
-    } else if (i > shown) {
-      const frag = document.createDocumentFragment();
-      for (let k = shown + 1; k <= i; k++) frag.appendChild(build(k));
-      transcript.appendChild(frag);
-    }
     shown = i;
+    if (hi > i) {
+      // Back before the window: show the entries that lead up to the playhead.
+      const a = lo <= i ? lo : Math.max(0, i - MAX_ON_PAGE / 2);
+      place(a, i);
+    }
+    updateBars();
   }
 
   function setCurrent(i, scroll) {
-    // The old current node, not a DOM query: seeking and replaying detach nodes, and a
-    // detached node that kept the class would come back as a second "current".
+    // The old current node, not a DOM query: a detached node that kept the class would come
+    // back as a second "current".
     if (current >= 0 && nodes[current]) nodes[current].classList.remove("current");
     current = i;
+    reveal(i);
     if (current >= 0 && nodes[current]) {
       nodes[current].classList.add("current");
       if (scroll) nodes[current].scrollIntoView({ block: "nearest" });
@@ -375,35 +452,49 @@
 
   // ---- markers on the timeline ----
 
+  // Statements are drawn into at most BUCKETS marks, each showing the most serious of its
+  // statements (error, then risky, then any, then introspection): a long session stays a
+  // few hundred elements, and an error is never hidden behind its neighbours.
+  const BUCKETS = 500;
+  const RANKS = ["noise", "plain", "risky", "error"];
+  let bucketRank = new Int8Array(BUCKETS).fill(-1);
+  let bucketMarks = new Array(BUCKETS);
+
   function addMarkers(from) {
-    const frag = document.createDocumentFragment();
     for (let i = from; i < entries.length; i++) {
       const e = entries[i];
       if (e.kind !== "statement") continue;
-      const m = node("span", "marker");
-      if (e.error) m.classList.add("error");
-      else if (e.risks.length > 0) m.classList.add("risky");
-      else if (e.noise) m.classList.add("noise");
-      m.style.left = Math.min(100, (e.offset_ms / lengthMs) * 100) + "%";
-      frag.appendChild(m);
+      const rank = e.error ? 3 : e.risks.length > 0 ? 2 : e.noise ? 0 : 1;
+      const b = Math.min(BUCKETS - 1, Math.floor((e.offset_ms / lengthMs) * BUCKETS));
+      if (rank <= bucketRank[b]) continue;
+      bucketRank[b] = rank;
+      if (!bucketMarks[b]) {
+        bucketMarks[b] = node("span", "marker");
+        bucketMarks[b].style.left = (b / BUCKETS) * 100 + "%";
+        markers.appendChild(bucketMarks[b]);
+      }
+      bucketMarks[b].className = "marker " + RANKS[rank];
     }
-    markers.appendChild(frag);
   }
 
   function redrawMarkers() {
     markers.textContent = "";
+    bucketRank = new Int8Array(BUCKETS).fill(-1);
+    bucketMarks = new Array(BUCKETS);
     addMarkers(0);
   }
 
   function append(batch) {
     const from = entries.length;
     for (const e of batch) {
-      entries.push(e);
       if (e.kind === "statement") statements++;
+      e.nth = statements;
+      entries.push(e);
       const end = e.offset_ms;
       if (end > lengthMs) {
-        // A live session grows past the length the page was drawn with.
-        lengthMs = end;
+        // A live session grows past the length the page was drawn with; the scale grows in
+        // steps so that the marks are not redrawn for every new statement.
+        lengthMs = Math.max(end, Math.round(lengthMs * 1.25));
         el("timeline-end").textContent = clock(lengthMs);
         redrawMarkers();
       }
@@ -464,6 +555,7 @@
   // A link from a search hit (`?seq=`) opens with everything shown and that statement
   // highlighted, once its page is loaded.
   let wantedShown = false;
+  let wantedIndex = -1;
   function openAtWantedSeq() {
     if (wantedSeq === null || wantedShown) return;
     let best = -1;
@@ -477,7 +569,8 @@
       transcript.classList.remove("hide-noise");
     }
     showUpTo(entries.length - 1);
-    build(best).classList.add("wanted");
+    wantedIndex = best;
+    if (nodes[best]) nodes[best].classList.add("wanted");
     setCurrent(best, false);
     nodes[best].scrollIntoView({ block: "center" });
   }

@@ -399,6 +399,38 @@ async function xss({ page }, order) {
 }
 
 // carol watches a live session; the test runs statements and ends it meanwhile.
+// A session longer than the page holds: the player keeps a bounded window of entries and
+// says what is off the page.
+async function long({ page }) {
+  const { long: id } = await nextOrder('long');
+  await openSession(page, id);
+  const facts = () => page.evaluate(() => {
+    const entries = [...document.querySelectorAll('#transcript .entry')];
+    const bars = [...document.querySelectorAll('#transcript .window-bar')]
+      .filter((b) => !b.hidden).map((b) => b.textContent);
+    return {
+      onPage: entries.length,
+      firstSeq: Number(entries[0]?.dataset.seq ?? -1),
+      lastSeq: Number(entries[entries.length - 1]?.dataset.seq ?? -1),
+      bars,
+      position: document.getElementById('position').textContent,
+      loadState: document.getElementById('load-state').textContent,
+    };
+  });
+  const opened = await facts();
+  await screenshot(page, '21-long-opened.png');
+  // Seek to the very start, then jump to the one error near the end.
+  const box = await page.locator('#timeline').boundingBox();
+  await page.mouse.click(box.x + 2, box.y + box.height / 2);
+  const atStart = await facts();
+  await page.click('#next-error');
+  const atError = { ...(await facts()), current: await currentEntry(page) };
+  await screenshot(page, '22-long-next-error.png');
+  await page.locator('#transcript .window-bar:not([hidden])').first().click();
+  const earlier = await facts();
+  emit('long', { opened, atStart, atError, earlier });
+}
+
 async function live({ page }) {
   const { live: id } = await nextOrder('live');
   await openSession(page, id);
@@ -493,6 +525,7 @@ async function main() {
     emit('search', await search(carol, order.word));
     emit('player', await player(carol, order.replay));
     emit('xss', await xss(carol, order));
+    await long(carol);
     await live(carol);
     await terminate(browser, people);
 

@@ -272,6 +272,7 @@ fn run(lab: &ConsoleLab, script: &mut Script) -> Result<()> {
     check_search(&script.step("search")?, replay.id)?;
     check_player(&script.step("player")?)?;
     check_xss(&script.step("xss")?)?;
+    long_session(lab, script, &rt, &token, &mut known)?;
     live_view(lab, script, &rt, &token, &mut known)?;
     terminate(lab, script, &rt, &token, &mut known)?;
     check_pages(&script.step("checks")?)?;
@@ -689,6 +690,69 @@ fn check_xss(xss: &Value) -> Result<()> {
 }
 
 /// carol watches a session while it runs and until it ends.
+/// Statements of the long session: more entries than the player puts on the page at once
+/// (1,500), with one error near the end.
+const LONG: usize = 2_000;
+
+fn long_session(
+    lab: &ConsoleLab,
+    script: &mut Script,
+    rt: &Runtime,
+    token: &str,
+    known: &mut Vec<Uuid>,
+) -> Result<()> {
+    rt.block_on(async {
+        let client = lab.lab.client("shop", token).await?;
+        for i in 0..LONG {
+            if i == LONG - 50 {
+                ensure!(
+                    client
+                        .simple_query("SELECT * FROM long_missing")
+                        .await
+                        .is_err()
+                );
+            } else {
+                client.simple_query(&format!("SELECT {i} AS n")).await?;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let session = rt.block_on(next_session(lab, known, true))?;
+    script.say(&json!({ "long": session.id }).to_string())?;
+    let long = script.step("long")?;
+    let on_page = |facts: &Value| facts["onPage"].as_u64().unwrap_or(u64::MAX);
+    let opened = &long["opened"];
+    ensure!(
+        opened["loadState"] == format!("{LONG} statements")
+            && on_page(opened) <= 1_500
+            && opened["bars"][0]
+                .as_str()
+                .is_some_and(|b| b.contains("earlier entries are off the page")),
+        "a long session opens at its end with a bounded page and a bar for the rest: {opened:#}"
+    );
+    let at_start = &long["atStart"];
+    ensure!(
+        at_start["firstSeq"] == 0 && on_page(at_start) <= 3,
+        "seeking to the start shows the start only: {at_start:#}"
+    );
+    let at_error = &long["atError"];
+    ensure!(
+        at_error["current"]["sql"]
+            .as_str()
+            .is_some_and(|sql| sql.contains("long_missing"))
+            && at_error["current"]["count"] == 1
+            && on_page(at_error) <= 1_500
+            && at_error["current"]["inView"] == true,
+        "Next error reaches the error near the end within a bounded page: {at_error:#}"
+    );
+    let earlier = &long["earlier"];
+    ensure!(
+        earlier["firstSeq"].as_i64() < at_error["firstSeq"].as_i64() && on_page(earlier) <= 1_500,
+        "the bar brings earlier entries back: {earlier:#}"
+    );
+    Ok(())
+}
+
 fn live_view(
     lab: &ConsoleLab,
     script: &mut Script,
