@@ -46,7 +46,8 @@ on_both_engines!(
     common_words_and_substrings_are_found_newest_first_like_rare_ones,
     a_long_recording_is_indexed_over_several_rounds_without_loss,
     the_indexer_checks_the_chain_as_it_goes_resuming_from_the_saved_hash,
-    an_edited_event_breaks_the_chain_at_its_seq_for_good;
+    an_edited_event_breaks_the_chain_at_its_seq_for_good,
+    event_hashes_of_many_events_come_from_their_blocks_and_events_not_stored_have_none;
     with_raw_sql: resetting_a_sessions_stats_checks_its_chain_again,
 );
 
@@ -1067,6 +1068,71 @@ async fn a_long_recording_is_indexed_over_several_rounds_without_loss(
     );
     let newest = search(&store, &words("1999")).await?;
     ensure!(seqs(&newest) == [5_997]);
+    Ok(())
+}
+
+// --- Event hashes, for search exports ---
+
+async fn event_hashes_of_many_events_come_from_their_blocks_and_events_not_stored_have_none(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let (a, b) = (
+        new_session(&store, "alice", "shop", t0()).await?,
+        new_session(&store, "bob", "shop", t0()).await?,
+    );
+    let kinds = (0..1_200)
+        .map(|i| query(&format!("SELECT {i}"), StatementClass::Read, &[]))
+        .collect();
+    let events_a = stored(a, t0(), kinds);
+    // Blocks 0..=4 and 5..=9 (a batch each), then 12..=1011 and 1012..=1199 (a batch cut at
+    // the block's cap of 1,000 events); 10 and 11 are never stored.
+    store.append_events(&events_a[..5]).await?;
+    store.append_events(&events_a[5..10]).await?;
+    store.append_events(&events_a[12..]).await?;
+    let events_b = stored(b, t0(), shop_session(b, "bob"));
+    store.append_events(&events_b).await?;
+
+    let stranger = Uuid::new_v4();
+    let keys = [
+        (a, 0),
+        (a, 4),
+        (a, 5),
+        (a, 9),
+        (a, 10),
+        (a, 11),
+        (a, 12),
+        (a, 1_011),
+        (a, 1_012),
+        (a, 1_199),
+        (a, 1_200),
+        (a, -1),
+        (b, 3),
+        (b, 3),
+        (b, 23),
+        (stranger, 0),
+    ];
+    let found = store.event_hashes(&keys).await?;
+    let hash_of = |events: &[StoredEvent], seq: i64| events[seq as usize].hash.clone();
+    let expected = std::collections::HashMap::from([
+        ((a, 0), hash_of(&events_a, 0)),
+        ((a, 4), hash_of(&events_a, 4)),
+        ((a, 5), hash_of(&events_a, 5)),
+        ((a, 9), hash_of(&events_a, 9)),
+        ((a, 12), hash_of(&events_a, 12)),
+        ((a, 1_011), hash_of(&events_a, 1_011)),
+        ((a, 1_012), hash_of(&events_a, 1_012)),
+        ((a, 1_199), hash_of(&events_a, 1_199)),
+        ((b, 3), hash_of(&events_b, 3)),
+        ((b, 23), hash_of(&events_b, 23)),
+    ]);
+    ensure!(found == expected, "{found:?}");
+    // What the store gives is what it stored: the same hashes as the events read back.
+    let read_back = store.session_events(a, 1_000, 20).await?;
+    for event in read_back {
+        let hashes = store.event_hashes(&[(a, event.seq)]).await?;
+        ensure!(hashes[&(a, event.seq)] == event.hash, "seq {}", event.seq);
+    }
+    ensure!(store.event_hashes(&[]).await?.is_empty());
     Ok(())
 }
 

@@ -415,6 +415,12 @@ impl crate::store::SearchStore for FakeStore {
     ) -> StoreResult<Vec<StatementHit>> {
         unreachable!("statement index")
     }
+    async fn event_hashes(
+        &self,
+        _: &[(Uuid, i64)],
+    ) -> StoreResult<std::collections::HashMap<(Uuid, i64), Vec<u8>>> {
+        unreachable!("statement index")
+    }
 }
 
 #[async_trait]

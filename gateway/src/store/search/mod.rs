@@ -7,6 +7,7 @@
 //! gets its words (or its substring) as quoted FTS5 phrases, PostgreSQL gets it through
 //! `plainto_tsquery` or as an escaped `ILIKE` pattern, both bound as parameters.
 
+mod event_hashes;
 mod postgres;
 mod snippet;
 mod sqlite;
@@ -234,6 +235,15 @@ pub trait SearchStore: Send + Sync {
         query: &StatementQuery,
         page: &StatementPage,
     ) -> StoreResult<Vec<StatementHit>>;
+
+    /// The stored hash of each event `(session, seq)` of `keys` (the `hash` that
+    /// `session_events` gives it), in one query for any number of keys: a search export ties
+    /// each statement of a page of hits to its event. An event the store does not hold (a gap
+    /// in the recording, a purged session) is left out.
+    async fn event_hashes(
+        &self,
+        keys: &[(Uuid, i64)],
+    ) -> StoreResult<HashMap<(Uuid, i64), Vec<u8>>>;
 }
 
 /// What the free text of a query asks for, as both engines search it.

@@ -12,6 +12,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
+use super::event_hashes::{self, BlockHashes};
 use super::{
     ChainProgress, IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex,
     StatementHit, StatementPage, StatementQuery, class_name, contains_pattern, counts,
@@ -20,6 +21,16 @@ use super::{
 use crate::store::StoreResult;
 use crate::store::models::now;
 use crate::store::postgres::PgStore;
+
+/// The blocks covering the events `($1[i], $2[i])`: for each key, the block starting last at or
+/// before its seq (one step down the primary key of recording_blocks), each block once. Of a
+/// block's content only `hashes` is sent; bodies large enough to be TOASTed are not even read.
+const COVERING_BLOCKS: &str = "SELECT b.session_id, b.first_seq, b.last_seq, b.hashes \
+     FROM recording_blocks b WHERE (b.session_id, b.first_seq) IN (\
+       SELECT k.session_id, (SELECT r.first_seq FROM recording_blocks r \
+         WHERE r.session_id = k.session_id AND r.first_seq <= k.seq \
+         ORDER BY r.first_seq DESC LIMIT 1) \
+       FROM UNNEST($1::uuid[], $2::bigint[]) AS k (session_id, seq))";
 
 fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: &StatementPage) {
     if let Some(id) = query.session_id {
@@ -254,5 +265,32 @@ impl SearchStore for PgStore {
             .push_bind(limit);
         let rows = sql.build().fetch_all(&self.pool).await?;
         rows.iter().map(|row| hit_from_row(row, &needle)).collect()
+    }
+
+    async fn event_hashes(
+        &self,
+        keys: &[(Uuid, i64)],
+    ) -> StoreResult<HashMap<(Uuid, i64), Vec<u8>>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (ids, seqs): (Vec<Uuid>, Vec<i64>) = keys.iter().copied().unzip();
+        let rows = sqlx::query(COVERING_BLOCKS)
+            .bind(ids)
+            .bind(seqs)
+            .fetch_all(&self.pool)
+            .await?;
+        let blocks = rows
+            .iter()
+            .map(|row| {
+                Ok(BlockHashes {
+                    session_id: row.try_get("session_id")?,
+                    first_seq: row.try_get("first_seq")?,
+                    last_seq: row.try_get("last_seq")?,
+                    hashes: row.try_get("hashes")?,
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        event_hashes::pick(keys, blocks)
     }
 }

@@ -16,6 +16,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
+use super::event_hashes::{self, BlockHashes};
 use super::snippet::{is_match, snippet};
 use super::{
     ChainProgress, IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex,
@@ -38,6 +39,19 @@ const WALK_MAX: usize = 50_000;
 
 /// Sessions per `session_stats` query (one bound parameter each).
 const IDS_PER_QUERY: usize = 256;
+
+/// The blocks covering the events `?1` names (a JSON list of `[session id as hex, seq]`): for
+/// each key, the block starting last at or before its seq (one step down the primary key of
+/// recording_blocks), each block once. One statement for any number of keys, where a list of
+/// bound parameters would need a statement per length. SQLite reads a row's columns in order,
+/// so the bodies before `hashes` are read too; but only once per block, not once per key.
+const COVERING_BLOCKS: &str = "SELECT b.session_id, b.first_seq, b.last_seq, b.hashes \
+     FROM recording_blocks b WHERE (b.session_id, b.first_seq) IN (\
+       SELECT k.session_id, (SELECT r.first_seq FROM recording_blocks r \
+         WHERE r.session_id = k.session_id AND r.first_seq <= k.seq \
+         ORDER BY r.first_seq DESC LIMIT 1) \
+       FROM (SELECT unhex(value ->> 0) AS session_id, value ->> 1 AS seq \
+         FROM json_each(?1)) AS k)";
 
 const WORD_INDEX: &str = "recorded_statements_fts";
 const TRIGRAM_INDEX: &str = "recorded_statements_trigrams";
@@ -412,5 +426,35 @@ impl SearchStore for SqliteStore {
             }
         };
         rows.iter().map(|row| hit_from_row(row, &needle)).collect()
+    }
+
+    async fn event_hashes(
+        &self,
+        keys: &[(Uuid, i64)],
+    ) -> StoreResult<HashMap<(Uuid, i64), Vec<u8>>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list: Vec<(String, i64)> = keys
+            .iter()
+            .map(|(id, seq)| (id.simple().to_string(), *seq))
+            .collect();
+        let list = serde_json::to_string(&list).expect("a list of strings and numbers");
+        let rows = sqlx::query(COVERING_BLOCKS)
+            .bind(list)
+            .fetch_all(&self.pool)
+            .await?;
+        let blocks = rows
+            .iter()
+            .map(|row| {
+                Ok(BlockHashes {
+                    session_id: row.try_get("session_id")?,
+                    first_seq: row.try_get("first_seq")?,
+                    last_seq: row.try_get("last_seq")?,
+                    hashes: row.try_get("hashes")?,
+                })
+            })
+            .collect::<StoreResult<_>>()?;
+        event_hashes::pick(keys, blocks)
     }
 }
