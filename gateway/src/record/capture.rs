@@ -185,6 +185,14 @@ impl Capture {
             Direction::ServerToClient => self.on_server_frame(frame, at, out),
         }
     }
+
+    /// The session ended: what was collected for a statement that never completed (rows the
+    /// client received, COPY data that went through) is given out, so that the recording holds
+    /// what the client saw even when the server died without a word.
+    pub fn finish(&mut self, out: &mut Vec<EventKind>) {
+        self.rows.flush(out);
+        self.finish_copy("fail: the session ended during the COPY".into(), out);
+    }
 }
 
 /// Microseconds from `start` to `end`, 0 if the clock went backwards.

@@ -112,6 +112,12 @@ impl SessionTap for StoreTap {
 
     fn end(mut self: Box<Self>, end: &SessionEnd) {
         let at = end.ended_at;
+        // What the capture still holds of an unfinished statement comes before the end.
+        self.capture.finish(&mut self.scratch);
+        let mut kinds = std::mem::take(&mut self.scratch);
+        for kind in kinds.drain(..) {
+            self.push(at, kind);
+        }
         self.push(
             at,
             EventKind::SessionEnd {

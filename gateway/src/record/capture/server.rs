@@ -76,7 +76,7 @@ impl RowCollector {
     }
 
     /// The `Rows` event for what was collected, if any row was seen; resets for the next result.
-    fn flush(&mut self, out: &mut Vec<EventKind>) {
+    pub(super) fn flush(&mut self, out: &mut Vec<EventKind>) {
         if self.rows.is_empty() && self.omitted == 0 {
             return;
         }

@@ -527,6 +527,54 @@ fn copy_out_ends_at_the_servers_copy_done_and_a_failed_copy_in_says_why() {
     );
 }
 
+#[test]
+fn the_end_of_a_session_gives_out_the_rows_and_copy_data_of_an_unfinished_statement() {
+    let mut s = Session::new();
+    s.client(&[query("select x from t")]);
+    s.server(&[
+        row_description(&[("x", 25, 0)]),
+        data_row(&[Some(b"a")]),
+        data_row(&[Some(b"b")]),
+    ]);
+    let mut out = Vec::new();
+    s.capture.finish(&mut out);
+    assert_eq!(
+        out,
+        vec![EventKind::Rows {
+            rows: vec![vec![Some(text("a"))], vec![Some(text("b"))]],
+            omitted: 0
+        }]
+    );
+
+    let mut s = Session::new();
+    s.client(&[query("copy t (x) to stdout")]);
+    s.server(&[
+        frame(b'H', |b| {
+            b.put_u8(0);
+            b.put_i16(0);
+        }),
+        frame(b'd', |b| b.put_slice(b"x\n")),
+    ]);
+    let mut out = Vec::new();
+    s.capture.finish(&mut out);
+    assert_eq!(
+        out,
+        vec![
+            EventKind::CopyData { data: text("x\n") },
+            EventKind::CopyEnd {
+                direction: "out".into(),
+                bytes: 2,
+                rows: 1,
+                outcome: "fail: the session ended during the COPY".into()
+            }
+        ]
+    );
+    // Nothing left: a second finish adds nothing.
+    let mut again = Vec::new();
+    s.capture.finish(&mut again);
+    assert!(again.is_empty());
+}
+
 fn error_response(code: &str, message: &str, position: &str) -> Frame {
     frame(b'E', |b| {
         for (field, value) in [
