@@ -57,6 +57,10 @@ pub struct GatewayConfig {
     /// Threads that run sessions; 0 means one per CPU. On a host shared with busy neighbours
     /// (the database, the clients), fewer threads cut cross-thread wake-ups and so latency.
     pub worker_threads: usize,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over plain HTTP, e.g.
+    /// `127.0.0.1:9187`. Unset: only on the console's address (so a process with the console
+    /// off serves no metrics unless this is set).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -249,6 +253,7 @@ impl Default for GatewayConfig {
             revocation_poll_millis: 1000,
             shutdown_grace_secs: 30,
             worker_threads: 0,
+            metrics_listen: None,
         }
     }
 }
@@ -629,6 +634,18 @@ impl Config {
             });
         }
         self.validate_console()?;
+        if let Some(metrics) = g.metrics_listen {
+            let console = self.console.enabled.then_some(self.console.listen);
+            if metrics == g.listen || Some(metrics) == console {
+                return Err(ConfigError::Value {
+                    key: "gateway.metrics_listen",
+                    message: format!(
+                        "{metrics} is already the gateway's or the console's address; the \
+                         console serves /metrics itself, so leave this unset or pick another port"
+                    ),
+                });
+            }
+        }
         let c = &self.credentials;
         if c.default_lifetime_secs <= 0 {
             return Err(ConfigError::Value {
@@ -893,6 +910,7 @@ format = "json"
                 ("PGBASTION_GATEWAY_MAX_CONNECTIONS", "7"),
                 ("PGBASTION_GATEWAY_TLS_CERT", "/c.pem"),
                 ("PGBASTION_GATEWAY_TLS_KEY", "/k.pem"),
+                ("PGBASTION_GATEWAY_METRICS_LISTEN", "127.0.0.1:9187"),
                 ("PGBASTION_STORE_URL", "postgres://u@db/pgbastion"),
                 ("PGBASTION_CREDENTIALS_DEFAULT_LIFETIME_SECS", "600"),
                 // A string field whose value looks like a number stays a string.
@@ -908,6 +926,10 @@ format = "json"
         assert_eq!(config.gateway.listen, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(config.gateway.max_connections, 7);
         assert_eq!(config.gateway.tls_cert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(
+            config.gateway.metrics_listen,
+            Some("127.0.0.1:9187".parse().unwrap())
+        );
         assert_eq!(config.store_url(), "postgres://u@db/pgbastion");
         assert_eq!(config.credentials.default_lifetime_secs, 600);
         assert_eq!(config.credentials.issuer, "1234");
@@ -1060,6 +1082,12 @@ format = "json"
                 "PGBASTION_RECORDING_RETENTION_INTERVAL_SECS",
                 "0",
                 "recording.retention_interval_secs",
+            ),
+            // The console's default address, which serves /metrics already.
+            (
+                "PGBASTION_GATEWAY_METRICS_LISTEN",
+                "127.0.0.1:8080",
+                "gateway.metrics_listen",
             ),
         ];
         for (var, value, key) in cases {

@@ -8,10 +8,12 @@
 //! - [`record`]: the tap through which every relayed frame reaches the recorder.
 //! - [`store`]: the `Store` trait and its SQLite and PostgreSQL implementations.
 //! - [`config`] and [`keys`]: configuration and the key material kept in the data directory.
+//! - [`metrics`]: the Prometheus metrics' names and the handles they are recorded through.
 
 pub mod config;
 pub mod credential;
 pub mod keys;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod record;

@@ -12,6 +12,7 @@ pub mod handshake;
 pub mod registry;
 pub mod relay;
 pub mod session;
+mod timing;
 pub mod upstream;
 
 use std::future::Future;
@@ -105,11 +106,15 @@ pub async fn serve(
                 Err(e) => return Err(ProxyError::Accept(e)),
             },
         };
+        crate::metrics::get().connections_total.increment(1);
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 tasks.spawn(session::handle(tcp, peer, shared.clone(), permit));
             }
             Err(_) => {
+                crate::metrics::get()
+                    .refused(crate::metrics::Refusal::TooManyConnections)
+                    .increment(1);
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
                     tasks.spawn(session::refuse_busy(tcp, shared.clone(), permit));
                 }
@@ -202,7 +207,12 @@ async fn stop_revoked(shared: &Shared, last_read: &mut DateTime<Utc>) {
             }
             *last_read = started;
         }
-        Err(e) => tracing::warn!(error = %e, "cannot poll for revoked credentials"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot poll for revoked credentials");
+            crate::metrics::get()
+                .store_error(crate::metrics::StoreOperation::Poll)
+                .increment(1);
+        }
     }
 }
 
@@ -223,6 +233,11 @@ async fn stop_terminated(shared: &Shared, last_read: &mut DateTime<Utc>) {
             }
             *last_read = started;
         }
-        Err(e) => tracing::warn!(error = %e, "cannot poll for termination requests"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot poll for termination requests");
+            crate::metrics::get()
+                .store_error(crate::metrics::StoreOperation::Poll)
+                .increment(1);
+        }
     }
 }

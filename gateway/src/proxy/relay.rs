@@ -10,6 +10,10 @@
 //! Under strict recording the tap may hold a chunk of client messages until their events are
 //! stored: the pump then stops reading that client (back-pressure) while the server's answers
 //! to earlier statements keep flowing.
+//!
+//! Metrics (bytes and messages each way, statement latency) are counted per chunk on handles
+//! resolved once ([`crate::metrics`]): an atomic add each, and one clock read for a chunk that
+//! starts or answers a statement ([`StatementClock`]).
 
 use std::future::poll_fn;
 use std::io;
@@ -17,8 +21,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use metrics::{Counter, Histogram};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
+
+use super::timing::StatementClock;
 
 use crate::protocol::ProtocolError;
 use crate::protocol::backend::{ERROR_RESPONSE, ErrorFields, ErrorMessage};
@@ -74,6 +81,9 @@ struct Pump {
     bytes: u64,
     /// The last FATAL the server sent, if any (server-to-client direction only).
     server_fatal: Option<String>,
+    /// This direction's process-wide counters.
+    bytes_total: &'static Counter,
+    messages_total: &'static Counter,
 }
 
 enum PumpDone {
@@ -93,6 +103,8 @@ impl Pump {
             last_tag: 0,
             bytes: 0,
             server_fatal: None,
+            bytes_total: crate::metrics::get().bytes(direction),
+            messages_total: crate::metrics::get().messages(direction),
         }
     }
 
@@ -108,6 +120,7 @@ impl Pump {
         mut src: Pin<&mut R>,
         mut dst: Pin<&mut W>,
         tap: &mut Option<Box<dyn SessionTap>>,
+        timing: &mut Timing,
     ) -> Poll<Result<PumpDone, (bool, RelayError)>>
     where
         R: AsyncRead + ?Sized,
@@ -148,8 +161,9 @@ impl Pump {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            if let Some(chunk) = self.next_chunk(tap).map_err(|e| (true, e))? {
+            if let Some(chunk) = self.next_chunk(tap, timing).map_err(|e| (true, e))? {
                 self.bytes += chunk.len() as u64;
+                self.bytes_total.increment(chunk.len() as u64);
                 self.out = chunk;
                 continue;
             }
@@ -193,6 +207,7 @@ impl Pump {
     fn next_chunk(
         &mut self,
         tap: &mut Option<Box<dyn SessionTap>>,
+        timing: &mut Timing,
     ) -> Result<Option<Bytes>, RelayError> {
         if self.streaming > 0 {
             if self.buf.is_empty() {
@@ -202,7 +217,9 @@ impl Pump {
             self.streaming -= n;
             return Ok(Some(self.buf.split_to(n).freeze()));
         }
+        timing.clock.begin_chunk();
         let mut end = 0;
+        let mut messages = 0;
         while let Some(h) = parse_header(&self.buf[end..], self.limit)? {
             if end + h.frame_len() <= self.buf.len() {
                 if h.tag == ERROR_RESPONSE && self.direction == Direction::ServerToClient {
@@ -216,7 +233,9 @@ impl Pump {
                     }
                 }
                 end += h.frame_len();
+                messages += 1;
                 self.last_tag = h.tag;
+                timing.message(self.direction, h.tag);
                 continue;
             }
             if end == 0 && h.body_len > STREAM_THRESHOLD {
@@ -234,8 +253,10 @@ impl Pump {
                     self.held = tap.chunk_done(self.direction)? == Release::AfterCommit;
                 }
                 self.last_tag = h.tag;
+                self.messages_total.increment(1);
+                timing.message(self.direction, h.tag);
                 self.streaming = h.frame_len();
-                return self.next_chunk(tap);
+                return self.next_chunk(tap, timing);
             }
             self.buf.reserve(h.frame_len() - (self.buf.len() - end));
             break;
@@ -243,6 +264,7 @@ impl Pump {
         if end == 0 {
             return Ok(None);
         }
+        self.messages_total.increment(messages);
         let chunk = self.buf.split_to(end).freeze();
         if let Some(tap) = tap.as_mut() {
             show_frames(tap.as_mut(), self.direction, &chunk);
@@ -269,10 +291,25 @@ fn show_frames(tap: &mut dyn SessionTap, direction: Direction, chunk: &Bytes) {
     }
 }
 
+/// The session's statement clock and where its timings go.
+struct Timing {
+    clock: StatementClock,
+    statement_duration: &'static Histogram,
+}
+
+impl Timing {
+    fn message(&mut self, direction: Direction, tag: u8) {
+        if let Some(took) = self.clock.message(direction, tag) {
+            self.statement_duration.record(took.as_secs_f64());
+        }
+    }
+}
+
 /// Both directions of one session.
 pub struct Relay {
     client_to_server: Pump,
     server_to_client: Pump,
+    timing: Timing,
 }
 
 impl Relay {
@@ -290,6 +327,10 @@ impl Relay {
             ),
             // Server messages are trusted to respect PostgreSQL's own 1 GB limit; big ones stream.
             server_to_client: Pump::new(Direction::ServerToClient, usize::MAX, server_leftover),
+            timing: Timing {
+                clock: StatementClock::default(),
+                statement_duration: &crate::metrics::get().statement_duration,
+            },
         }
     }
 
@@ -307,9 +348,14 @@ impl Relay {
     {
         poll_fn(|cx| {
             let c2s = &mut self.client_to_server;
-            if let Poll::Ready(r) =
-                c2s.poll_pump(cx, Pin::new(&mut *client), Pin::new(&mut *server), tap)
-            {
+            let timing = &mut self.timing;
+            if let Poll::Ready(r) = c2s.poll_pump(
+                cx,
+                Pin::new(&mut *client),
+                Pin::new(&mut *server),
+                tap,
+                timing,
+            ) {
                 return Poll::Ready(match r {
                     Ok(PumpDone::Eof) => RelayEnd::ClientClosed {
                         said_goodbye: c2s.last_tag == TERMINATE,
@@ -320,9 +366,13 @@ impl Relay {
                 });
             }
             let s2c = &mut self.server_to_client;
-            if let Poll::Ready(r) =
-                s2c.poll_pump(cx, Pin::new(&mut *server), Pin::new(&mut *client), tap)
-            {
+            if let Poll::Ready(r) = s2c.poll_pump(
+                cx,
+                Pin::new(&mut *server),
+                Pin::new(&mut *client),
+                tap,
+                timing,
+            ) {
                 return Poll::Ready(match r {
                     // The server closing after the client's Terminate is the client quitting:
                     // which end's EOF is seen first is a race.

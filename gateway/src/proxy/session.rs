@@ -19,11 +19,28 @@ use super::handshake::{self, ClientStream, Opening};
 use super::registry::StopOrder;
 use super::relay::{Relay, RelayEnd, RelayError};
 use super::upstream::{self, Upstream, UpstreamError};
+use crate::metrics::{self, AuthOutcome, Refusal, StoreOperation};
 use crate::protocol::backend::{self, ErrorMessage};
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ProtocolError, frontend};
 use crate::record::SessionInfo;
 use crate::store::{EndReason, NewSession, SessionEnd};
+
+/// Counts a connection in `pgbastion_connections_active` while it lives.
+struct ActiveConnection;
+
+impl ActiveConnection {
+    fn open() -> Self {
+        metrics::get().connections_active.increment(1.0);
+        ActiveConnection
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        metrics::get().connections_active.decrement(1.0);
+    }
+}
 
 /// Serves one accepted connection. `_permit` holds its slot under `max_connections`.
 pub async fn handle(
@@ -32,6 +49,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let _active = ActiveConnection::open();
     let _ = tcp.set_nodelay(true);
     let gw = &shared.config.gateway;
     let deadline = Instant::now() + Duration::from_secs(gw.auth_timeout_secs);
@@ -44,10 +62,12 @@ pub async fn handle(
         Ok(Ok(opening)) => opening,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "connection refused during startup");
+            metrics::get().refused(Refusal::Startup).increment(1);
             return;
         }
         Err(_) => {
             debug!(%peer, "startup timed out");
+            metrics::get().refused(Refusal::Startup).increment(1);
             return;
         }
     };
@@ -60,11 +80,12 @@ pub async fn handle(
             mut stream,
             startup,
         } => {
-            // The span covers the login only: entering a span on every poll of the relay would
-            // cost on the hot path, so the relay's log lines carry their own fields instead.
+            // A login has no session id yet (a refused one never gets one): its lines carry
+            // the client and the user name it claims.
             let span = info_span!("login", %peer, user = startup.param("user").unwrap_or_default());
             let login = async {
                 if let Err(refusal) = check_startup(&startup) {
+                    metrics::get().refused(Refusal::Startup).increment(1);
                     handshake::refuse(&mut *stream, &refusal).await;
                     return None;
                 }
@@ -75,14 +96,22 @@ pub async fn handle(
                 )
                 .await
                 {
-                    Ok(Ok(a)) => Some((buf, a)),
+                    Ok(Ok(a)) => {
+                        metrics::get()
+                            .authentication(AuthOutcome::Accepted)
+                            .increment(1);
+                        Some((buf, a))
+                    }
                     Ok(Err(refusal)) => {
                         info!(reason = %refusal.log, "authentication refused");
+                        let outcome = AuthOutcome::of_refusal(refusal.error.code);
+                        refused_login(outcome);
                         handshake::refuse(&mut *stream, &refusal.error).await;
                         None
                     }
                     Err(_) => {
                         info!("authentication timed out");
+                        refused_login(AuthOutcome::TimedOut);
                         let error = ErrorMessage::fatal("08006", "authentication timed out");
                         handshake::refuse(&mut *stream, &error).await;
                         None
@@ -90,9 +119,31 @@ pub async fn handle(
                 }
             };
             if let Some((buf, authorized)) = login.instrument(span).await {
-                run(stream, buf, startup, authorized, peer, deadline, &shared).await;
+                // Every line logged about the session, here or in what it calls, carries its
+                // id and person through this span. Entering it on each poll of the relay costs
+                // a few atomic operations: no measurable change in `scripts/bench`.
+                let session_id = Uuid::new_v4();
+                let span = info_span!("session", session = %session_id,
+                    person = %authorized.credential.person_login);
+                let session = Session {
+                    id: session_id,
+                    peer,
+                    deadline,
+                };
+                run(stream, buf, startup, authorized, session, &shared)
+                    .instrument(span)
+                    .await;
             }
         }
+    }
+}
+
+fn refused_login(outcome: AuthOutcome) {
+    let m = metrics::get();
+    m.authentication(outcome).increment(1);
+    m.refused(Refusal::Authentication).increment(1);
+    if outcome == AuthOutcome::StoreUnavailable {
+        m.store_error(StoreOperation::Authentication).increment(1);
     }
 }
 
@@ -194,16 +245,26 @@ fn protocol_options(startup: &StartupMessage) -> Vec<&str> {
         .collect()
 }
 
+/// A session whose credential was accepted: its id, the client, and the login deadline.
+struct Session {
+    id: Uuid,
+    peer: SocketAddr,
+    deadline: Instant,
+}
+
 async fn run(
     mut client: Box<ClientStream>,
     client_buf: BytesMut,
     startup: StartupMessage,
     authorized: Authorized,
-    peer: SocketAddr,
-    deadline: Instant,
+    session: Session,
     shared: &Shared,
 ) {
-    let session_id = Uuid::new_v4();
+    let Session {
+        id: session_id,
+        peer,
+        deadline,
+    } = session;
     let credential = &authorized.credential;
     let target = authorized.target.clone();
     let started = NewSession {
@@ -221,7 +282,13 @@ async fn run(
         groups: authorized.groups.clone(),
     };
     if let Err(e) = shared.store.insert_session(&started).await {
-        warn!(%peer, person = %credential.person_login, error = %e, "cannot store the session; refusing it");
+        warn!(%peer, error = %e, "cannot store the session; refusing it");
+        metrics::get()
+            .store_error(StoreOperation::Session)
+            .increment(1);
+        metrics::get()
+            .refused(Refusal::StoreUnavailable)
+            .increment(1);
         let error = ErrorMessage::fatal(
             "57P03",
             "the gateway cannot record sessions right now; try again shortly",
@@ -229,13 +296,17 @@ async fn run(
         handshake::refuse(&mut *client, &error).await;
         return;
     }
-    info!(session = %session_id, %peer, person = %credential.person_login, target = %target.name, role = %credential.db_role, "session started");
-    let end = |reason, detail: Option<String>, bytes: (u64, u64)| SessionEnd {
-        ended_at: Utc::now(),
-        reason,
-        detail,
-        bytes_client_to_server: bytes.0 as i64,
-        bytes_server_to_client: bytes.1 as i64,
+    info!(%peer, target = %target.name, role = %credential.db_role, "session started");
+    // Every way a session ends goes through here once.
+    let end = |reason, detail: Option<String>, bytes: (u64, u64)| {
+        metrics::get().session_ended(reason);
+        SessionEnd {
+            ended_at: Utc::now(),
+            reason,
+            detail,
+            bytes_client_to_server: bytes.0 as i64,
+            bytes_server_to_client: bytes.1 as i64,
+        }
     };
 
     let upstream = match timeout_at(
@@ -246,6 +317,7 @@ async fn run(
     {
         Ok(Ok(u)) => u,
         Ok(Err(e)) => {
+            metrics::get().refused(Refusal::Upstream).increment(1);
             fail_upstream(&mut client, &target.name, &e.to_string(), user_facing(&e)).await;
             finish(
                 shared,
@@ -256,6 +328,7 @@ async fn run(
             return;
         }
         Err(_) => {
+            metrics::get().refused(Refusal::Upstream).increment(1);
             let detail = "login to the target timed out".to_string();
             fail_upstream(
                 &mut client,
@@ -325,7 +398,9 @@ async fn run(
     let mut tap = match shared.recorder.start(&info) {
         Ok(tap) => tap,
         Err(failed) => {
-            warn!(session = %session_id, error = %failed, "cannot record the session; refusing it");
+            warn!(error = %failed, "cannot record the session; refusing it");
+            metrics::get().refused(Refusal::Recording).increment(1);
+            metrics::get().ended_by_recording(target.recording);
             let _ = client.write_all(&recording_refusal(&failed)).await;
             let _ = client.shutdown().await;
             let mut bye = BytesMut::new();
@@ -361,7 +436,8 @@ async fn run(
     };
     let (reason, detail) = match outcome {
         Ok(RelayEnd::RecordingFailed(failed)) => {
-            warn!(session = %session_id, person = %credential.person_login, error = %failed, "recording failed; ending the session");
+            warn!(error = %failed, "recording failed; ending the session");
+            metrics::get().ended_by_recording(target.recording);
             let _ = relay
                 .close_client_with(&mut *client, &recording_error(&failed))
                 .await;
@@ -386,7 +462,7 @@ async fn run(
     let _ = server.shutdown().await;
     let session_end = end(reason, detail, relay.bytes());
     drop(registration);
-    info!(session = %session_id, person = %credential.person_login, reason = reason.as_str(), "session ended");
+    info!(reason = reason.as_str(), "session ended");
     match tap.take() {
         Some(tap) => tap.end(&session_end),
         None => finish(shared, session_id, session_end).await,
@@ -534,6 +610,9 @@ async fn conclude(
 async fn finish(shared: &Shared, session_id: Uuid, end: SessionEnd) {
     if let Err(e) = shared.store.end_session(session_id, &end).await {
         warn!(session = %session_id, error = %e, "cannot store the end of the session");
+        metrics::get()
+            .store_error(StoreOperation::Session)
+            .increment(1);
     }
 }
 

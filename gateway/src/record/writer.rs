@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
@@ -26,6 +26,7 @@ use super::chain::{Chain, RecordingKey};
 use super::event::Event;
 use super::journal::Journal;
 use super::recorder::RecorderSettings;
+use crate::metrics::{self, StoreOperation};
 use crate::store::{RecordingPolicy, SessionEnd, Store, StoreError, StoredEvent};
 
 /// Events written per transaction at most (a backlog after an outage goes in several).
@@ -374,6 +375,10 @@ impl Writer {
                 self.release_journal();
                 self.seal_ended().await;
             }
+            // Once per round, off the taps' path: what still waits for the store.
+            metrics::get()
+                .recorder_queued_events
+                .set(self.inner.buffered.load(Ordering::Relaxed) as f64);
             if closing && self.backlog.is_empty() && !self.has_unsealed_ends() {
                 let mut queue = self.inner.queue.lock().expect("queue lock");
                 if queue.jobs.is_empty() {
@@ -413,6 +418,7 @@ impl Writer {
                     Err(e) => {
                         // A recorder bug, not an outage: say so loudly and stop this session.
                         error!(session = %id, error = %e, "cannot chain an event");
+                        metrics::get().recorder_events_dropped.increment(1);
                         progress.fail(format!("recording error: {e}"));
                     }
                 }
@@ -440,7 +446,13 @@ impl Writer {
     async fn write_backlog(&mut self) -> bool {
         while !self.backlog.is_empty() {
             let n = self.backlog.len().min(MAX_BATCH);
-            let failure = match self.append_front(n).await {
+            let started = Instant::now();
+            let appended = self.append_front(n).await;
+            let m = metrics::get();
+            m.recorder_commit_duration
+                .record(started.elapsed().as_secs_f64());
+            m.recorder_batch_events.record(n as f64);
+            let failure = match appended {
                 Ok(()) => None,
                 // An earlier attempt that gave up waiting may have committed after all, in
                 // part or whole: drop what the store holds, then try the rest again.
@@ -552,6 +564,9 @@ impl Writer {
     /// The store refused or timed out: strict sessions with events waiting end now; buffered
     /// ones go on within the bound.
     fn failed(&mut self, why: &str) {
+        metrics::get()
+            .store_error(StoreOperation::Recording)
+            .increment(1);
         let next = match self.retry {
             None => {
                 warn!(
@@ -631,6 +646,10 @@ impl Writer {
             .map(|job| job.events.len())
             .sum();
         let lost = self.backlog.len() + queued;
+        // Seen only by a scrape racing the exit; the log and the exit status say it for sure.
+        metrics::get()
+            .recorder_events_dropped
+            .increment(lost as u64);
         let sessions: std::collections::HashSet<Uuid> =
             self.backlog.iter().map(|e| e.session_id).collect();
         error!(

@@ -7,6 +7,7 @@ mod person;
 mod replay;
 mod serve;
 mod sessions;
+mod status;
 mod target;
 mod token;
 mod user;
@@ -96,6 +97,10 @@ pub enum Command {
     /// Show a recorded session as a psql-like transcript, or export it as JSONL.
     #[command(long_about = replay::LONG_ABOUT)]
     Replay(replay::ReplayArgs),
+    /// Tell whether the bastion is ready (store, keys, the running process) and count live
+    /// sessions.
+    #[command(long_about = status::LONG_ABOUT)]
+    Status(status::StatusArgs),
 }
 
 /// Runs one command.
@@ -126,6 +131,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Verify(args) => verify::run(args, config).await,
         Command::Sessions(args) => sessions::run(args, &Ctx::open(config).await?).await,
         Command::Replay(args) => replay::run(args, &Ctx::open(config).await?).await,
+        Command::Status(args) => status::run(args, config).await,
     }
 }
 
@@ -167,10 +173,17 @@ impl Ctx {
     }
 }
 
+/// Libraries that log what they are given, where that is people's SQL (with the passwords of
+/// `ALTER ROLE ... PASSWORD`): silenced whatever `log.filter` says.
+const QUIET_TARGETS: &[&str] = &["sqlparser=off"];
+
 /// Logs go to stderr, so that command output on stdout stays clean for scripts.
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .with_context(|| format!("log.filter '{}' is not a tracing filter", config.log.filter))?;
+    for directive in QUIET_TARGETS {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

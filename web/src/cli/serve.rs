@@ -12,10 +12,16 @@ use gateway::record::recover::recover;
 use gateway::record::{RecorderSettings, StoreRecorder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use web::console::health::{self, Probe, ReadyFlag};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let ctx = super::Ctx::open(config).await?;
     let config = ctx.config;
+    let stop = CancellationToken::new();
+    // First, before anything records a metric: the recorder behind /metrics and /readyz.
+    let probe = Probe::start(ctx.store.clone(), stop.clone())?;
+    let keys_ready = probe.component("keys", "not loaded yet");
+    let gateway_ready = probe.component("gateway_listener", "not listening");
 
     let hostnames = vec![config.gateway.public_host.clone()];
     let identity =
@@ -46,6 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         StoreRecorder::start(ctx.store.clone(), Arc::new(recording_key), &settings)
             .context("cannot open the recording journal")?,
     );
+    keys_ready.set(true);
 
     let addr = config.gateway.listen;
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -59,15 +66,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let local = listener.local_addr().unwrap_or(addr);
+    gateway_ready.set(true);
     println!(
         "pgbastion gateway listening on {local} (store: {}, data: {})",
         ctx.store.engine(),
         config.data_dir.display()
     );
+    let metrics_listener = match config.gateway.metrics_listen {
+        Some(addr) => {
+            let ready = probe.component("metrics_listener", "not listening");
+            Some(tokio::spawn(run_metrics(addr, ready, stop.clone())))
+        }
+        None => None,
+    };
 
     let signer = Arc::new(signer);
     let secrets = Arc::new(secrets);
-    let stop = CancellationToken::new();
     // Deletes recordings past their target's retention. Every process sharing a store runs
     // it; purges are idempotent, so the first to come along does the work.
     let retention = gateway::store::retention::spawn_retention(
@@ -89,7 +103,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             gateway::record::indexer::DEFAULT_INTERVAL,
             stop.clone(),
         );
-        Some(tokio::spawn(run_console(app, stop.clone())))
+        let ready = probe.component("console_listener", "not listening");
+        Some(tokio::spawn(run_console(app, ready, stop.clone())))
     } else {
         None
     };
@@ -106,6 +121,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let stop = stop.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
+            // Load balancers stop sending new clients while the sessions drain.
+            gateway_ready.set(false);
             stop.cancel();
         });
     }
@@ -117,6 +134,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "console failed"),
             Err(e) => tracing::error!(error = %e, "console task failed"),
+        }
+    }
+    if let Some(metrics) = metrics_listener {
+        match metrics.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "metrics listener failed"),
+            Err(e) => tracing::error!(error = %e, "metrics listener task failed"),
         }
     }
     // A retention round is never cut short: its purge and audit entry go together.
@@ -135,8 +159,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `/metrics`, `/healthz` and `/readyz` over plain HTTP on `addr` until `stop`: for a
+/// process without the console, or a scraper kept off the console's address.
+async fn run_metrics(
+    addr: std::net::SocketAddr,
+    ready: ReadyFlag,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for metrics: {e}; set gateway.metrics_listen or \
+             PGBASTION_GATEWAY_METRICS_LISTEN"
+        )
+    })?;
+    ready.set(true);
+    let local = listener.local_addr().unwrap_or(addr);
+    println!("pgbastion metrics listening on {local} (/metrics, /healthz, /readyz)");
+    axum::serve(listener, health::routes::<()>())
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("metrics listener stopped")
+}
+
 /// Binds the console's address and serves it until `stop`.
-async fn run_console(app: web::console::AppState, stop: CancellationToken) -> anyhow::Result<()> {
+async fn run_console(
+    app: web::console::AppState,
+    ready: ReadyFlag,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let console = &app.config.console;
     let addr = console.listen;
     let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -157,6 +207,7 @@ async fn run_console(app: web::console::AppState, stop: CancellationToken) -> an
         _ => None,
     };
     let local = listener.local_addr().unwrap_or(addr);
+    ready.set(true);
     println!(
         "pgbastion console listening on {local} (open {})",
         app.public_url

@@ -8,10 +8,12 @@
 //! - [`headers`]: security headers on every response.
 //! - [`error`]: the typed errors of this layer, shown as an error page.
 //! - [`server`]: the listener (plain HTTP or HTTPS).
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`, without sign-in.
 
 pub mod auth;
 mod error;
 mod headers;
+pub mod health;
 mod pages;
 mod server;
 mod state;
@@ -47,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/credentials/{id}/revoke", post(pages::credentials::revoke))
         .route("/sessions", get(pages::sessions::mine))
         .route("/audit", get(pages::audit::list))
+        .merge(health::routes())
         .merge(pages::replay::routes())
         .merge(pages::export::routes())
         .merge(pages::admin::routes())
