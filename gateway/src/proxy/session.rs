@@ -578,15 +578,30 @@ async fn conclude(
             EndReason::ClientQuit,
             Some("client disconnected without Terminate".into()),
         ),
-        RelayEnd::ServerClosed => (EndReason::ServerClosed, None),
+        // The server went away without a FATAL (an immediate shutdown, a backend killed while
+        // blocked writing): the client is told by the gateway rather than finding a closed
+        // socket, if its stream is at a message boundary.
+        RelayEnd::ServerClosed => {
+            tell_client_server_gone(relay, client, "the target's server closed the connection")
+                .await;
+            (EndReason::ServerClosed, None)
+        }
         RelayEnd::RecordingFailed(failed) => (
             EndReason::Error,
             Some(format!("recording failed: {failed}")),
         ),
-        RelayEnd::ServerFailed(e) => (
-            EndReason::ServerClosed,
-            Some(format!("server connection failed: {e}")),
-        ),
+        RelayEnd::ServerFailed(e) => {
+            tell_client_server_gone(
+                relay,
+                client,
+                "the connection to the target's server failed",
+            )
+            .await;
+            (
+                EndReason::ServerClosed,
+                Some(format!("server connection failed: {e}")),
+            )
+        }
         RelayEnd::ClientFailed(RelayError::Protocol(e)) => {
             let code = if matches!(e, ProtocolError::TooLarge { .. }) {
                 "54000"
@@ -605,6 +620,16 @@ async fn conclude(
             Some(format!("client connection failed: {e}")),
         ),
     }
+}
+
+/// FATAL 08006 (connection_failure) to the client of a session whose server went silent.
+async fn tell_client_server_gone(relay: &mut Relay, client: &mut ClientStream, what: &str) {
+    let error = ErrorMessage::fatal(
+        "08006",
+        format!("{what}; the session has ended (reconnect to start a new one)"),
+    );
+    // The client may be gone as well; nothing more to do then.
+    let _ = relay.close_client_with(client, &error).await;
 }
 
 async fn finish(shared: &Shared, session_id: Uuid, end: SessionEnd) {
