@@ -97,8 +97,9 @@ impl SessionTap for StoreTap {
             return Err(RecordingFailed(UNHEALTHY.into()));
         }
         let handover = self.writer.submit(&self.progress, events, urgent)?;
-        // Journaled events are durable already; only in-memory ones make a strict chunk wait.
-        if urgent && handover == Handover::InMemory {
+        // Journaled events are durable already; only in-memory ones make a strict chunk wait,
+        // and any chunk waits while the store is behind (back-pressure, either policy).
+        if (urgent && handover == Handover::InMemory) || self.writer.behind() {
             self.wait_for = self.next_seq;
             Ok(Release::AfterCommit)
         } else {

@@ -184,6 +184,15 @@ impl WriterHandle {
         self.inner.store_healthy.load(Ordering::Relaxed)
     }
 
+    /// The store takes events but more slowly than sessions make them: over half the bound
+    /// waits for it. Taps then hold each chunk until its events are committed, which slows the
+    /// sessions down to the store's pace instead of letting the backlog reach the bound, where
+    /// sessions are ended. (A store that takes nothing at all is not "behind": strict sessions
+    /// are refused and buffered ones fill the bound, as their policies say.)
+    pub(super) fn behind(&self) -> bool {
+        self.store_healthy() && self.buffered() > self.inner.max_buffered / 2
+    }
+
     /// Queues (and journals) events; refused, and the session's recording failed, when the
     /// buffer is full or the journal cannot be written. `urgent` wakes the writer at once when
     /// the events are not journaled (a strict session then waits for the commit).

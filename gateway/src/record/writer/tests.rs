@@ -11,7 +11,7 @@ use super::*;
 use crate::protocol::backend::put_message;
 use crate::protocol::frame::Frame;
 use crate::record::chain::{self, RECORDING_KEY_FILE};
-use crate::record::{Direction, Recorder, Release, SessionInfo, StoreRecorder};
+use crate::record::{Direction, Recorder, Release, SessionInfo, SessionTap, StoreRecorder};
 use crate::store::{self, EndReason, NewSession, RecordingPolicy, SessionEnd, Target, UpstreamTls};
 
 fn frame(tag: u8, body: &[u8]) -> Frame {
@@ -269,6 +269,59 @@ async fn a_full_buffer_fails_the_session_instead_of_dropping_events() {
         4,
         "the refused chunk's events are still kept"
     );
+}
+
+#[tokio::test]
+async fn a_store_that_falls_behind_slows_sessions_down_instead_of_ending_them() {
+    let f = fixture().await;
+    let (settings, journal_dir) = journaled(&f);
+    let settings = RecorderSettings {
+        max_buffered_events: 6,
+        ..settings
+    };
+    std::fs::create_dir_all(&journal_dir).unwrap();
+    let journal = crate::record::journal::Journal::open(&journal_dir).unwrap();
+    // The writer is not running yet: the store is "slow".
+    let (writer, handle) = writer(f.store.clone(), f.key.clone(), &settings, Some(journal));
+    let target = target(RecordingPolicy::Buffered);
+    let info = session(&f.store, &target).await;
+    let start = Event {
+        seq: 0,
+        at: Utc::now(),
+        kind: crate::record::event::EventKind::Sync,
+    };
+    let progress = handle
+        .start(info.session_id, RecordingPolicy::Buffered, start)
+        .unwrap();
+    let mut tap = crate::record::tap::StoreTap::new(
+        RecordingPolicy::Buffered,
+        crate::record::capture::Capture::new(Default::default()),
+        progress,
+        handle.clone(),
+    );
+    // Under half the bound: journaled, forwarded at once.
+    tap.frame(Direction::ClientToServer, frame(b'Q', b"select 1\0"));
+    assert_eq!(tap.chunk_done(Direction::ClientToServer), Ok(Release::Now));
+    // Over half: the chunk waits for its commit rather than the session being ended later.
+    tap.frame(Direction::ClientToServer, frame(b'Q', b"select 2\0"));
+    tap.frame(Direction::ClientToServer, frame(b'Q', b"select 3\0"));
+    assert_eq!(
+        tap.chunk_done(Direction::ClientToServer),
+        Ok(Release::AfterCommit)
+    );
+    let waiting = poll_fn(|cx| std::task::Poll::Ready(tap.poll_release(cx).is_pending())).await;
+    assert!(waiting, "held until the store catches up");
+    // The store catches up: the chunk goes, the session was never failed.
+    let running = tokio::spawn(writer.run(std::future::pending()));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        poll_fn(|cx| tap.poll_release(cx)),
+    )
+    .await
+    .expect("released once committed")
+    .expect("the session goes on");
+    assert!(!handle.behind());
+    running.abort();
 }
 
 #[tokio::test]
