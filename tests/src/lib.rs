@@ -9,8 +9,8 @@
 pub mod certs;
 pub mod clients;
 pub mod console;
-pub mod fuzz;
 pub mod faults;
+pub mod fuzz;
 pub mod lab;
 pub mod oidc;
 pub mod pg;
