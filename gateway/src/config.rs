@@ -19,6 +19,7 @@ pub struct Config {
     pub console: ConsoleConfig,
     pub oidc: OidcConfig,
     pub recording: RecordingConfig,
+    pub secrets: SecretsConfig,
     pub log: LogConfig,
 }
 
@@ -179,6 +180,22 @@ pub struct RecordingConfig {
     /// How often the retention job deletes the sessions of targets that keep them for a
     /// limited number of days (`pgbastion target retention`).
     pub retention_interval_secs: u64,
+    /// Ed25519 PKCS#8 PEM that seals recordings. Empty: `<data_dir>/recording.key`, generated
+    /// on first start. Every process sharing a store must use the same one.
+    pub key_file: Option<PathBuf>,
+    /// Public keys (PEM, `pgbastion verify --show-public-key`) of recording keys used before a
+    /// rotation: recordings they sealed still verify. In the environment, comma-separated.
+    #[serde(deserialize_with = "path_list_or_commas")]
+    pub retired_public_keys: Vec<PathBuf>,
+}
+
+/// The key that seals upstream secrets (target passwords).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// 64 hex characters. Empty: `<data_dir>/secret.key`, generated on first use. Every process
+    /// sharing a store must use the same one: the console seals what gateways open.
+    pub key_file: Option<PathBuf>,
 }
 
 /// A list as a TOML array, or as one comma-separated string (how an environment variable
@@ -199,6 +216,11 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
             .map(str::to_owned)
             .collect(),
     })
+}
+
+/// Paths as a TOML array, or as one comma-separated string.
+fn path_list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(list_or_commas(d)?.into_iter().map(PathBuf::from).collect())
 }
 
 /// IP addresses as a TOML array, or as one comma-separated string; anything else names itself.
@@ -233,6 +255,7 @@ impl Default for Config {
             console: ConsoleConfig::default(),
             oidc: OidcConfig::default(),
             recording: RecordingConfig::default(),
+            secrets: SecretsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -345,6 +368,8 @@ impl Default for RecordingConfig {
                 .map(|p| p.to_string())
                 .collect(),
             retention_interval_secs: 3600,
+            key_file: None,
+            retired_public_keys: Vec::new(),
         }
     }
 }
@@ -391,7 +416,18 @@ impl Config {
 
     /// The key that seals upstream secrets; deliberately a file, never a row in the store.
     pub fn secret_key_path(&self) -> PathBuf {
-        self.data_dir.join("secret.key")
+        self.secrets
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+
+    /// The key that seals recordings.
+    pub fn recording_key_path(&self) -> PathBuf {
+        self.recording
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::record::chain::RECORDING_KEY_FILE))
     }
 }
 
@@ -424,6 +460,7 @@ const SECTIONS: &[&str] = &[
     "console",
     "oidc",
     "recording",
+    "secrets",
     "log",
 ];
 
@@ -964,6 +1001,46 @@ format = "json"
         let path = write(&dir, "[recording]\nsecret_patterns = [\"ok\", \" \"]\n");
         let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(err.contains("recording.secret_patterns"), "{err}");
+    }
+
+    #[test]
+    fn shared_key_files_are_configurable_and_default_to_the_data_directory() {
+        let config = Config::load(None, env(&[("PGBASTION_DATA_DIR", "/d")])).unwrap();
+        assert_eq!(config.secret_key_path(), PathBuf::from("/d/secret.key"));
+        assert_eq!(
+            config.recording_key_path(),
+            PathBuf::from("/d/recording.key")
+        );
+        assert!(config.recording.retired_public_keys.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[recording]\nkey_file = \"/k/rec.key\"\nretired_public_keys = [\"/k/old1.pub\"]\n\
+             [secrets]\nkey_file = \"/k/secret.key\"\n",
+        );
+        let config = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(config.recording_key_path(), PathBuf::from("/k/rec.key"));
+        assert_eq!(config.secret_key_path(), PathBuf::from("/k/secret.key"));
+        assert_eq!(
+            config.recording.retired_public_keys,
+            [PathBuf::from("/k/old1.pub")]
+        );
+        let config = Config::load(
+            None,
+            env(&[
+                ("PGBASTION_SECRETS_KEY_FILE", "/e/secret.key"),
+                (
+                    "PGBASTION_RECORDING_RETIRED_PUBLIC_KEYS",
+                    "/e/a.pub, /e/b.pub",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.secret_key_path(), PathBuf::from("/e/secret.key"));
+        assert_eq!(
+            config.recording.retired_public_keys,
+            [PathBuf::from("/e/a.pub"), PathBuf::from("/e/b.pub")]
+        );
     }
 
     #[test]

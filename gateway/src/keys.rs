@@ -223,6 +223,7 @@ const SEALED_AAD: &[u8] = b"pgbastion upstream secret";
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
     path: PathBuf,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -251,7 +252,18 @@ impl SecretBox {
         Ok(SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
             path: path.to_path_buf(),
+            fingerprint: secret_fingerprint(&key),
         })
+    }
+
+    /// Names the key without revealing it (a one-way derivation), so that processes sharing a
+    /// store can tell whether they hold the same one.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Encrypts an upstream secret under a fresh random nonce.
@@ -315,9 +327,213 @@ impl SecretBox {
     }
 }
 
+/// Hex SHA-256 of a domain string and the key: the secret key itself is never stored, and
+/// this hash of it reveals nothing of it.
+fn secret_fingerprint(key: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"pgbastion secret key fingerprint v1\0");
+    hash.update(key);
+    hex::encode(hash.finalize())
+}
+
+/// A key that every process sharing a store must hold the same of: a console and a gateway
+/// with different signing keys would mean tokens the gateway rejects; with different secret
+/// keys, upstream passwords the gateway cannot open; with different recording keys, seals the
+/// console cannot check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SharedKey {
+    Signing,
+    Recording,
+    Secrets,
+}
+
+impl SharedKey {
+    pub const ALL: [SharedKey; 3] = [SharedKey::Signing, SharedKey::Recording, SharedKey::Secrets];
+
+    /// The name stored in `shared_keys.purpose` and given to `serve --replace-key`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SharedKey::Signing => "signing",
+            SharedKey::Recording => "recording",
+            SharedKey::Secrets => "secrets",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<SharedKey> {
+        SharedKey::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            SharedKey::Signing => "token signing key (credentials.signing_key)",
+            SharedKey::Recording => "recording key (recording.key_file)",
+            SharedKey::Secrets => "secret key (secrets.key_file)",
+        }
+    }
+
+    /// How to rotate on purpose, beyond `--replace-key`.
+    fn rotation_hint(self) -> &'static str {
+        match self {
+            SharedKey::Recording => {
+                "; or list the old key's public half in recording.retired_public_keys, which \
+                 also keeps its recordings verifiable"
+            }
+            SharedKey::Signing => "; tokens signed with the old key stop working",
+            SharedKey::Secrets => {
+                "; upstream passwords sealed with the old key must then be set again"
+            }
+        }
+    }
+}
+
+/// A shared key this process loaded: what it is, where from, and its public fingerprint.
+#[derive(Debug, Clone)]
+pub struct HeldKey {
+    pub purpose: SharedKey,
+    pub path: PathBuf,
+    pub fingerprint: String,
+}
+
+/// Why a process may not use the store with its keys.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedKeyError {
+    #[error(
+        "the {what} at {path} is not the key the other processes on this store use: this process \
+         holds fingerprint {ours}, the store has {theirs}, registered by {by} at {at}. Give every \
+         gateway and console the same key file (copy it, or point the setting at it); to replace \
+         the key on purpose, start one process with `pgbastion serve --replace-key {name}` and \
+         then every other one with the new file{hint}",
+        what = .purpose.describe(),
+        name = .purpose.name(),
+        hint = .purpose.rotation_hint(),
+    )]
+    Mismatch {
+        purpose: SharedKey,
+        path: PathBuf,
+        ours: String,
+        theirs: String,
+        by: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
+    #[error("cannot register the shared keys in the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Registers each held key's fingerprint in the store, or checks it against the one registered
+/// before. A different registered key is replaced only when `may_replace` says so (a deliberate
+/// rotation); the replaced registrations are returned, for the audit log.
+pub async fn register_shared_keys(
+    store: &dyn crate::store::Store,
+    held: &[HeldKey],
+    registered_by: &str,
+    may_replace: impl Fn(&HeldKey, &crate::store::KeyRegistration) -> bool,
+) -> Result<Vec<crate::store::KeyRegistration>, SharedKeyError> {
+    let mut replaced = Vec::new();
+    for key in held {
+        let ours = crate::store::KeyRegistration {
+            purpose: key.purpose.name().to_string(),
+            fingerprint: key.fingerprint.clone(),
+            registered_by: registered_by.to_string(),
+            registered_at: chrono::Utc::now(),
+        };
+        let theirs = store.register_key(&ours, false).await?;
+        if theirs.fingerprint == ours.fingerprint {
+            continue;
+        }
+        if !may_replace(key, &theirs) {
+            return Err(SharedKeyError::Mismatch {
+                purpose: key.purpose,
+                path: key.path.clone(),
+                ours: ours.fingerprint,
+                theirs: theirs.fingerprint,
+                by: theirs.registered_by,
+                at: theirs.registered_at,
+            });
+        }
+        store.register_key(&ours, true).await?;
+        tracing::warn!(
+            key = key.purpose.name(),
+            old = %theirs.fingerprint,
+            new = %ours.fingerprint,
+            "replaced the key registered for every process on this store; restart the others \
+             with the new key"
+        );
+        replaced.push(theirs);
+    }
+    Ok(replaced)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held(purpose: SharedKey, fingerprint: &str) -> HeldKey {
+        HeldKey {
+            purpose,
+            path: PathBuf::from(format!("/keys/{}.key", purpose.name())),
+            fingerprint: fingerprint.repeat(64),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_process_with_another_key_is_refused_unless_it_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let first = [held(SharedKey::Signing, "a"), held(SharedKey::Secrets, "b")];
+        let never = |_: &HeldKey, _: &crate::store::KeyRegistration| false;
+        let replaced = register_shared_keys(store.as_ref(), &first, "gw1", never)
+            .await
+            .unwrap();
+        assert!(replaced.is_empty());
+        // The same keys again (a restart, another gateway): accepted.
+        register_shared_keys(store.as_ref(), &first, "gw2", never)
+            .await
+            .unwrap();
+
+        let other = [held(SharedKey::Signing, "a"), held(SharedKey::Secrets, "c")];
+        let err = register_shared_keys(store.as_ref(), &other, "gw3", never)
+            .await
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "secret key (secrets.key_file)",
+            "/keys/secrets.key",
+            &"b".repeat(64),
+            &"c".repeat(64),
+            "registered by gw1",
+            "--replace-key secrets",
+        ] {
+            assert!(err.contains(needle), "{needle:?} missing: {err}");
+        }
+
+        let replaced = register_shared_keys(store.as_ref(), &other, "gw3", |key, _| {
+            key.purpose == SharedKey::Secrets
+        })
+        .await
+        .unwrap();
+        assert_eq!(replaced.len(), 1);
+        assert_eq!(replaced[0].fingerprint, "b".repeat(64));
+        // Now the first set is the odd one out.
+        assert!(
+            register_shared_keys(store.as_ref(), &first, "gw1", never)
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_secret_key_fingerprint_names_the_key_without_revealing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = SecretBox::load_or_create(&dir.path().join("one.key")).unwrap();
+        let two = SecretBox::load_or_create(&dir.path().join("two.key")).unwrap();
+        let again = SecretBox::load_or_create(&dir.path().join("one.key")).unwrap();
+        assert_eq!(one.fingerprint(), again.fingerprint());
+        assert_ne!(one.fingerprint(), two.fingerprint());
+        let key = std::fs::read_to_string(dir.path().join("one.key")).unwrap();
+        assert!(!one.fingerprint().contains(key.trim()));
+    }
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -12,6 +12,7 @@ pub mod console;
 pub mod faults;
 pub mod fuzz;
 pub mod lab;
+pub mod multi_node;
 pub mod oidc;
 pub mod pg;
 pub mod pgbastion;

@@ -485,6 +485,13 @@ impl Store for FakeStore {
     async fn purge_sessions(&self, _: Uuid, _: DateTime<Utc>) -> StoreResult<u64> {
         unreachable!("issue does not delete sessions")
     }
+    async fn register_key(
+        &self,
+        _: &crate::store::KeyRegistration,
+        _: bool,
+    ) -> StoreResult<crate::store::KeyRegistration> {
+        unreachable!("issue does not register keys")
+    }
     async fn set_target_login(&self, _: &TargetLogin) -> StoreResult<()> {
         unreachable!("issue does not write upstream logins")
     }

@@ -63,6 +63,7 @@ pub struct CredentialSigner {
     decoding: DecodingKey,
     validation: Validation,
     public_pem: String,
+    fingerprint: String,
     issuer: String,
     audience: String,
 }
@@ -107,6 +108,7 @@ impl CredentialSigner {
             ));
         }
         let public_pem = pair.public_key_pem();
+        let fingerprint = crate::record::chain::key_id(pair.public_key_raw());
         let encoding = EncodingKey::from_ed_pem(&pem).map_err(|e| bad_key(path, e))?;
         let decoding =
             DecodingKey::from_ed_pem(public_pem.as_bytes()).map_err(|e| bad_key(path, e))?;
@@ -125,6 +127,7 @@ impl CredentialSigner {
             decoding,
             validation,
             public_pem,
+            fingerprint,
             issuer: issuer.to_string(),
             audience: audience.to_string(),
         })
@@ -133,6 +136,11 @@ impl CredentialSigner {
     /// The SPKI PEM public key, for anyone who wants to check tokens without the gateway.
     pub fn public_key_pem(&self) -> &str {
         &self.public_pem
+    }
+
+    /// Hex SHA-256 of the raw public key: what processes sharing a store compare.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Signs the claims of `cred`.

@@ -7,6 +7,9 @@
 
 use std::path::Path;
 
+use crate::config::Config;
+use crate::keys::KeyError;
+
 use super::chain::{ChainError, Hash, RECORDING_KEY_FILE, RecordingKey, Verifier, genesis};
 use crate::store::{EndReason, RecordingPolicy, RecordingSeal, Session, SessionStats};
 
@@ -156,12 +159,40 @@ pub fn data_dir_keys(data_dir: &Path) -> Result<Verifier, ChainError> {
 /// Adds the public half of the data directory's recording key, if there is one yet, to `keys`
 /// (which may hold older keys, given after a rotation).
 pub fn add_data_dir_key(keys: &mut Verifier, data_dir: &Path) -> Result<(), ChainError> {
-    let path = data_dir.join(RECORDING_KEY_FILE);
+    add_key_file(keys, &data_dir.join(RECORDING_KEY_FILE))
+}
+
+/// Adds the public half of the recording key at `path`, if there is one yet, to `keys`.
+pub fn add_key_file(keys: &mut Verifier, path: &Path) -> Result<(), ChainError> {
     if path.exists() {
-        let key = RecordingKey::load(&path)?;
+        let key = RecordingKey::load(path)?;
         keys.add_pem(key.public_key_pem(), &path.display().to_string())?;
     }
     Ok(())
+}
+
+/// The public keys that check the seals of recordings in the store, as the configuration names
+/// them: the recording key (`recording.key_file`, once it exists) and the keys it replaced
+/// (`recording.retired_public_keys`), so that recordings sealed before a rotation still verify.
+pub fn configured_keys(config: &Config) -> Result<Verifier, ChainError> {
+    let mut keys = retired_keys(config)?;
+    add_key_file(&mut keys, &config.recording_key_path())?;
+    Ok(keys)
+}
+
+/// Only the retired keys of `recording.retired_public_keys`; a missing file is an error, since
+/// the recordings it sealed would silently turn unverifiable.
+pub fn retired_keys(config: &Config) -> Result<Verifier, ChainError> {
+    let mut keys = Verifier::default();
+    for path in &config.recording.retired_public_keys {
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            action: "read the retired recording public key (recording.retired_public_keys)",
+            path: path.clone(),
+            source,
+        })?;
+        keys.add_pem(&pem, &path.display().to_string())?;
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -377,6 +408,31 @@ mod tests {
         assert_eq!(
             assess(&s, Some(&stats(0, None, true)), None, &keys),
             Integrity::Unsealed { events: 0 }
+        );
+    }
+
+    #[test]
+    fn configured_keys_are_the_key_file_and_the_retired_public_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = RecordingKey::load_or_create(&dir.path().join("old.key")).unwrap();
+        let old_pub = dir.path().join("old.pub");
+        std::fs::write(&old_pub, old.public_key_pem()).unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        config.recording.key_file = Some(dir.path().join("new.key"));
+        config.recording.retired_public_keys = vec![old_pub];
+        assert_eq!(configured_keys(&config).unwrap().key_ids(), [old.key_id()]);
+        let new = RecordingKey::load_or_create(&dir.path().join("new.key")).unwrap();
+        let mut both = vec![old.key_id(), new.key_id()];
+        both.sort_unstable();
+        assert_eq!(configured_keys(&config).unwrap().key_ids(), both);
+        config.recording.retired_public_keys = vec![dir.path().join("gone.pub")];
+        let err = configured_keys(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("gone.pub") && err.contains("retired_public_keys"),
+            "{err}"
         );
     }
 

@@ -195,6 +195,30 @@ pub trait Store: ConsoleStore + SearchStore + Send + Sync + 'static {
         target_id: Uuid,
         ended_before: DateTime<Utc>,
     ) -> StoreResult<u64>;
+
+    // --- shared keys ---
+    /// Registers `key` as the one every process sharing the store uses for its purpose, unless
+    /// one is registered already; `replace` overwrites it (a deliberate rotation). Returns the
+    /// registration in force: another fingerprint than `key`'s means this process holds the
+    /// wrong key.
+    async fn register_key(
+        &self,
+        key: &KeyRegistration,
+        replace: bool,
+    ) -> StoreResult<KeyRegistration>;
+}
+
+/// The public fingerprint of a key that every process on a store must share (`shared_keys`,
+/// migration 0011).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRegistration {
+    /// `signing`, `recording` or `secrets`.
+    pub purpose: String,
+    /// Hex SHA-256 of the public key (of a derivation, for the symmetric secret key).
+    pub fingerprint: String,
+    /// The process that registered it: host, pid and role, for the operator's message.
+    pub registered_by: String,
+    pub registered_at: DateTime<Utc>,
 }
 
 /// The checks [`Store::request_termination`] makes before the database's own.

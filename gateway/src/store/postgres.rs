@@ -23,9 +23,9 @@ use super::models::{
     session_status_condition, termination_outcome,
 };
 use super::{
-    Credential, Grant, NewGrant, NewSession, NewTarget, Person, RecordingPolicy, RecordingSeal,
-    Session, SessionEnd, SessionFilter, SessionPage, SessionSummary, Store, StoreError,
-    StoreResult, StoredEvent, Target, TargetLogin, Termination, TerminationOutcome,
+    Credential, Grant, KeyRegistration, NewGrant, NewSession, NewTarget, Person, RecordingPolicy,
+    RecordingSeal, Session, SessionEnd, SessionFilter, SessionPage, SessionSummary, Store,
+    StoreError, StoreResult, StoredEvent, Target, TargetLogin, Termination, TerminationOutcome,
     check_termination,
 };
 
@@ -1222,5 +1222,42 @@ impl Store for PgStore {
                 return Ok(purged);
             }
         }
+    }
+
+    async fn register_key(
+        &self,
+        key: &KeyRegistration,
+        replace: bool,
+    ) -> StoreResult<KeyRegistration> {
+        // One statement each way: two processes starting at once cannot both win.
+        let write = if replace {
+            "INSERT INTO shared_keys (purpose, fingerprint, registered_by, registered_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (purpose) DO UPDATE SET \
+             fingerprint = EXCLUDED.fingerprint, registered_by = EXCLUDED.registered_by, \
+             registered_at = EXCLUDED.registered_at"
+        } else {
+            "INSERT INTO shared_keys (purpose, fingerprint, registered_by, registered_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (purpose) DO NOTHING"
+        };
+        sqlx::query(write)
+            .bind(&key.purpose)
+            .bind(&key.fingerprint)
+            .bind(&key.registered_by)
+            .bind(key.registered_at)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query(
+            "SELECT purpose, fingerprint, registered_by, registered_at FROM shared_keys \
+             WHERE purpose = $1",
+        )
+        .bind(&key.purpose)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(KeyRegistration {
+            purpose: row.try_get("purpose")?,
+            fingerprint: row.try_get("fingerprint")?,
+            registered_by: row.try_get("registered_by")?,
+            registered_at: row.try_get("registered_at")?,
+        })
     }
 }

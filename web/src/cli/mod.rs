@@ -55,16 +55,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway and the web console.
-    #[command(
-        long_about = "Run the gateway and the web console: create the data directory and \
-                            keys if needed, migrate the store, and accept connections until \
-                            SIGINT or SIGTERM. The console listens on console.listen \
-                            (127.0.0.1:8080); `pgbastion user add NAME --admin` makes a first \
-                            account.\n\n\
-                            Example:\n  pgbastion serve --config /etc/pgbastion.toml"
-    )]
-    Serve,
+    /// Run the gateway and the web console (or one of them: --role).
+    #[command(long_about = serve::LONG_ABOUT)]
+    Serve(serve::ServeArgs),
     /// Create or upgrade the store's tables, then exit.
     #[command(
         long_about = "Create or upgrade the store's tables, then exit. `serve` does this \
@@ -113,7 +106,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 
     init_logging(&config)?;
     match cli.command {
-        Command::Serve => serve::run(config).await,
+        Command::Serve(args) => serve::run(args, config).await,
         Command::Migrate => {
             let ctx = Ctx::open(config).await?;
             println!(

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use gateway::config::Config;
-use gateway::record::chain::RECORDING_KEY_FILE;
 use gateway::store::{SessionFilter, SessionPage, SessionStatus, Store};
 use serde::Serialize;
 use web::console::health::{self, Check, Readiness};
@@ -155,7 +154,7 @@ fn keys_check(config: &Config) -> Check {
     let files = [
         config.signing_key_path(),
         config.secret_key_path(),
-        config.data_dir.join(RECORDING_KEY_FILE),
+        config.recording_key_path(),
         config.tls_cert_path(),
         config.tls_key_path(),
     ];

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::{ArgGroup, Args};
 use gateway::config::Config;
-use gateway::record::chain::{
-    ChainVerifier, RECORDING_KEY_FILE, RecordingKey, Verifier, VerifyReport, verify,
-};
+use gateway::record::chain::{ChainVerifier, RecordingKey, Verifier, VerifyReport, verify};
 use gateway::record::export::read_jsonl;
-use gateway::record::integrity::{add_data_dir_key, never_relayed};
+use gateway::record::integrity::{configured_keys, never_relayed};
 use gateway::store::{RecordingPolicy, Session, Store};
 use uuid::Uuid;
 
@@ -24,8 +22,9 @@ pub const LONG_ABOUT: &str = "Check that recordings are complete and unaltered: 
                                 hash chain from its first event, check the signed seal, and name the first \
                                 event that does not match (edited, deleted, out of order, or cut off the end). \
                                 Exits 1 when a recording fails.\n\n\
-                                From the store, the data directory's recording key is used (add older public \
-                                keys with --public-key after a key rotation). An exported file needs only the \
+                                From the store, the recording key (recording.key_file, else the data \
+                                directory's) and the retired keys of recording.retired_public_keys are \
+                                used; --public-key adds more. An exported file needs only the \
                                 public key.\n\n\
                                 Examples:\n  \
                                 pgbastion verify 0b6f0c1e-8a52-4a4e-9d0e-1f1f7d1c2a3b\n  \
@@ -50,13 +49,14 @@ pub struct VerifyArgs {
     /// PEM file of public keys that may have sealed the recordings (repeatable).
     #[arg(long = "public-key", value_name = "PATH")]
     public_keys: Vec<PathBuf>,
-    /// Print the public half of the data directory's recording key, to verify exports elsewhere.
+    /// Print the public half of the recording key, to verify exports elsewhere or to keep it
+    /// (recording.retired_public_keys) before the key is rotated.
     #[arg(long)]
     show_public_key: bool,
 }
 
 pub async fn run(args: VerifyArgs, config: Config) -> anyhow::Result<()> {
-    let key_path = config.data_dir.join(RECORDING_KEY_FILE);
+    let key_path = config.recording_key_path();
     if args.show_public_key {
         if !key_path.exists() {
             bail!(
@@ -69,7 +69,8 @@ pub async fn run(args: VerifyArgs, config: Config) -> anyhow::Result<()> {
         print!("{}", key.public_key_pem());
         return Ok(());
     }
-    let mut keys = extra_keys(&args.public_keys)?;
+    let mut keys = Verifier::default();
+    add_key_files(&mut keys, &args.public_keys)?;
     if let Some(file) = &args.file {
         if args.public_keys.is_empty() {
             bail!(
@@ -79,9 +80,10 @@ pub async fn run(args: VerifyArgs, config: Config) -> anyhow::Result<()> {
         }
         return verify_file(file, &keys);
     }
-    // Recordings in the store were sealed by this data directory's key (or by keys passed in
-    // after a rotation); with no key yet, unsealed recordings can still be checked.
-    add_data_dir_key(&mut keys, &config.data_dir)?;
+    // Recordings in the store were sealed by the recording key, or by the keys it replaced
+    // (configured, or passed in); with no key yet, unsealed recordings can still be checked.
+    let mut keys = configured_keys(&config)?;
+    add_key_files(&mut keys, &args.public_keys)?;
     let ctx = Ctx::open(config).await?;
     let store = ctx.store.as_ref();
     if let Some(id) = args.session {
@@ -113,15 +115,14 @@ pub async fn run(args: VerifyArgs, config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keys from `--public-key` files.
-fn extra_keys(paths: &[PathBuf]) -> anyhow::Result<Verifier> {
-    let mut keys = Verifier::default();
+/// Adds the keys of `--public-key` files.
+fn add_key_files(keys: &mut Verifier, paths: &[PathBuf]) -> anyhow::Result<()> {
     for path in paths {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the public key {}", path.display()))?;
         keys.add_pem(&pem, &path.display().to_string())?;
     }
-    Ok(keys)
+    Ok(())
 }
 
 fn verify_file(path: &Path, keys: &Verifier) -> anyhow::Result<()> {
@@ -211,7 +212,7 @@ mod tests {
     use std::sync::Arc;
 
     use chrono::Utc;
-    use gateway::record::chain::Chain;
+    use gateway::record::chain::{Chain, RECORDING_KEY_FILE};
     use gateway::record::event::{Event, EventKind};
     use gateway::record::export::write_jsonl;
     use gateway::store::{EndReason, NewSession, RecordingSeal, SessionEnd, StoredEvent};

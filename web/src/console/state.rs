@@ -7,7 +7,7 @@ use gateway::config::Config;
 use gateway::credential::CredentialSigner;
 use gateway::keys::SecretBox;
 use gateway::record::chain::{ChainError, Verifier};
-use gateway::record::integrity::data_dir_keys;
+use gateway::record::integrity::configured_keys;
 use gateway::store::{NewAuditEntry, Store};
 
 use super::auth::oidc::Oidc;
@@ -31,8 +31,8 @@ pub struct AppState {
     pub static_dir: PathBuf,
     /// Proxies whose `X-Forwarded-For` is believed (`console.trusted_proxies`).
     pub trusted_proxies: Arc<[std::net::IpAddr]>,
-    /// Public keys that check recording seals: the data directory's recording key, loaded as
-    /// `pgbastion verify` loads it.
+    /// Public keys that check recording seals: the recording key and the retired ones
+    /// (`recording.retired_public_keys`), loaded as `pgbastion verify` loads them.
     pub verifier: Arc<Verifier>,
 }
 
@@ -56,7 +56,7 @@ impl AppState {
     ) -> Result<AppState, StateError> {
         let public_url: Arc<str> = config.console.public_url().into();
         // `serve` creates the recording key before the console starts, so it is there.
-        let verifier = Arc::new(data_dir_keys(&config.data_dir)?);
+        let verifier = Arc::new(configured_keys(&config)?);
         let oidc = if config.oidc.issuer_url.is_empty() {
             None
         } else {
