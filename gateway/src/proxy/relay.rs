@@ -35,8 +35,12 @@ use crate::record::{Direction, RecordingFailed, Release, SessionTap};
 
 /// Messages above this size are streamed through instead of being held whole.
 pub const STREAM_THRESHOLD: usize = 1024 * 1024;
-/// Buffer growth per read; TLS records carry at most 16 KiB of plaintext.
+/// The most a read asks room for; TLS records carry at most 16 KiB of plaintext.
 const READ_CHUNK: usize = 32 * 1024;
+/// The least: what an idle session holds per direction. Room grows (doubling) while reads fill
+/// it and shrinks back while they stay small, so thousands of idle sessions do not each keep
+/// 64 KiB of buffers they never use.
+const MIN_READ: usize = 4 * 1024;
 
 /// Why the relay stopped.
 #[derive(Debug)]
@@ -84,6 +88,8 @@ struct Pump {
     /// This direction's process-wide counters.
     bytes_total: &'static Counter,
     messages_total: &'static Counter,
+    /// Room the next read asks for, between [`MIN_READ`] and [`READ_CHUNK`].
+    read_size: usize,
 }
 
 enum PumpDone {
@@ -105,6 +111,7 @@ impl Pump {
             server_fatal: None,
             bytes_total: crate::metrics::get().bytes(direction),
             messages_total: crate::metrics::get().messages(direction),
+            read_size: MIN_READ,
         }
     }
 
@@ -167,9 +174,10 @@ impl Pump {
                 self.out = chunk;
                 continue;
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+                self.buf.reserve(self.read_size);
             }
+            let room = self.buf.capacity() - self.buf.len();
             let read = match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
                 // Many clients (libpq among them) close TCP without a TLS close_notify: at a
                 // message boundary that is an ordinary end, not an attack on truncation.
@@ -189,7 +197,16 @@ impl Pump {
                     }
                     return Poll::Ready(Ok(PumpDone::Eof));
                 }
-                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Ok(n)) => {
+                    self.read_size = if n >= room {
+                        (self.read_size * 2).min(READ_CHUNK)
+                    } else if n < self.read_size / 8 {
+                        (self.read_size / 2).max(MIN_READ)
+                    } else {
+                        self.read_size
+                    };
+                    continue;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e.into()))),
                 Poll::Pending => {
                     if self.need_flush {
