@@ -6,6 +6,7 @@
 //! - [`clients`]: tokio-postgres over rustls and psql, as the gateway's clients would connect.
 //! - [`process::ChildGuard`], [`ports::free_port`]: processes stopped by PID, ports never fixed.
 
+pub mod browser;
 pub mod certs;
 pub mod clients;
 pub mod console;

@@ -8,171 +8,16 @@
 //! Screenshots of each step go to `<target>/test-artifacts/console/`, with the script's stderr
 //! (`journey-stderr.log`).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
-
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
+use harness::browser::{BrowserScript, artifacts_dir, require_browser_tools};
 use harness::clients::psql_with_env;
-use harness::{ChildGuard, ConsoleLab, pg};
+use harness::{ConsoleLab, pg};
 use serde_json::Value;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Each step of the script, from the previous one; the first includes starting Chromium.
-/// Two shared cores: generous on purpose.
-const STEP_TIMEOUT: Duration = Duration::from_secs(120);
-/// Closing Chromium after the last step.
-const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Must match journey.mjs.
 const REASON: &str = "INC-1234 investigate orders";
 const COMMENT: &str = "OK for INC-1234, read only please";
 const LIFETIME: &str = "2h";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
-}
-
-/// `$CARGO_TARGET_DIR/test-artifacts/console` (relative to the workspace when relative), else
-/// `target/test-artifacts/console`; emptied of the screenshots of earlier runs.
-fn artifacts_dir() -> anyhow::Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    let dir = workspace()
-        .join(target)
-        .join("test-artifacts")
-        .join("console");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "png") {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-    }
-    Ok(dir)
-}
-
-/// Fails, rather than skipping, when the browser or the npm packages are missing.
-fn require_browser_tools() -> anyhow::Result<()> {
-    ensure!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run scripts/setup (it installs Debian's chromium)"
-    );
-    let playwright = js_dir().join("node_modules/playwright-core/package.json");
-    ensure!(
-        playwright.is_file(),
-        "{} is missing: run scripts/setup (it runs `npm ci` in {})",
-        playwright.display(),
-        js_dir().display()
-    );
-    Ok(())
-}
-
-/// A running journey.mjs: its JSON lines as they come, its stdin for the go-ahead.
-struct Journey {
-    // Declared first so it is dropped (stopped) before the reader thread's pipe goes away.
-    child: ChildGuard,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    stderr_path: PathBuf,
-}
-
-impl Journey {
-    fn start(console_url: &str, out_dir: &Path) -> anyhow::Result<Journey> {
-        let stderr_path = out_dir.join("journey-stderr.log");
-        let stderr = File::create(&stderr_path)
-            .with_context(|| format!("cannot create {}", stderr_path.display()))?;
-        let child = Command::new("node")
-            .arg(js_dir().join("journey.mjs"))
-            .arg(console_url)
-            .arg(out_dir)
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .context("cannot run node (is Node.js installed? run scripts/setup)")?;
-        // Playwright closes Chromium when node gets SIGTERM; give it the time to.
-        let mut child = ChildGuard::new("journey.mjs", child).with_grace(Duration::from_secs(10));
-        let stdin = child
-            .child_mut()
-            .stdin
-            .take()
-            .context("the script's stdin")?;
-        let stdout = child
-            .child_mut()
-            .stdout
-            .take()
-            .context("the script's stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Journey {
-            child,
-            stdin,
-            lines,
-            stderr_path,
-        })
-    }
-
-    /// Waits for the script's next line, which must be `{"step": name, ...}`, and returns it.
-    fn step(&mut self, name: &str) -> anyhow::Result<Value> {
-        let line = match self.lines.recv_timeout(STEP_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                bail!("journey.mjs reached no step {name:?} within {STEP_TIMEOUT:?}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.stop()?;
-                bail!("journey.mjs ended ({status}) before step {name:?}")
-            }
-        };
-        let value: Value = serde_json::from_str(&line)
-            .with_context(|| format!("journey.mjs printed a line that is not JSON: {line}"))?;
-        match value["step"].as_str() {
-            Some(step) if step == name => Ok(value),
-            Some("error") => bail!("journey.mjs failed before step {name:?}: {value:#}"),
-            _ => bail!("journey.mjs printed {value} while step {name:?} was expected"),
-        }
-    }
-
-    /// Tells the script to go on (it waits for one line at one point).
-    fn say(&mut self, line: &str) -> anyhow::Result<()> {
-        writeln!(self.stdin, "{line}").context("cannot write to journey.mjs")
-    }
-
-    /// How the script ended; it exits by itself after its last step.
-    fn exit_status(&mut self) -> anyhow::Result<ExitStatus> {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "journey.mjs did not exit within {EXIT_TIMEOUT:?} after its last step"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-}
 
 /// `value[key]` as a string, or a failure naming what is missing.
 fn string<'a>(value: &'a Value, key: &str) -> anyhow::Result<&'a str> {
@@ -199,9 +44,10 @@ fn buttons(row: &Value) -> Vec<&str> {
 #[test]
 fn request_approval_credential_and_session_in_a_real_browser() {
     require_browser_tools().unwrap_or_else(|e| panic!("{e:#}"));
-    let out_dir = artifacts_dir().unwrap_or_else(|e| panic!("{e:#}"));
+    let out_dir = artifacts_dir("console").unwrap_or_else(|e| panic!("{e:#}"));
     let lab = ConsoleLab::start(&[]).unwrap_or_else(|e| panic!("console lab: {e:#}"));
-    let mut journey = Journey::start(&lab.url(), &out_dir).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut journey = BrowserScript::start("journey.mjs", &lab.url(), &out_dir)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     if let Err(e) = run(&lab, &mut journey) {
         let status = journey.child.stop();
         panic!(
@@ -215,7 +61,7 @@ fn request_approval_credential_and_session_in_a_real_browser() {
     }
 }
 
-fn run(lab: &ConsoleLab, journey: &mut Journey) -> anyhow::Result<()> {
+fn run(lab: &ConsoleLab, journey: &mut BrowserScript) -> anyhow::Result<()> {
     let url = lab.url();
     let gateway_port = lab.lab.bastion.gateway_port;
 

@@ -17,26 +17,17 @@
 //! Screenshots of each step go to `<target>/test-artifacts/replay/`, with the script's stderr
 //! (`replay-stderr.log`).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use gateway::store::Session;
+use harness::browser::{BrowserScript, artifacts_dir, require_browser_tools};
 use harness::clients::{tls_config, tokio_postgres_connect_with};
-use harness::{ChildGuard, ConsoleLab, pg};
+use harness::{ConsoleLab, pg};
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-/// Each step of the script, from the previous one. Two shared cores: generous on purpose.
-const STEP_TIMEOUT: Duration = Duration::from_secs(120);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Rows the target's recording keeps per statement; the big SELECT returns [`BIRDS`].
 const ROW_CAP: usize = 3;
@@ -65,157 +56,16 @@ const P_NOTICE: &str = "<iframe srcdoc=x onload=window.__pwned=7>";
 const P_APP: &str = "<img src=x onerror=window.__pwned=8>";
 const P_NOTIFY: &str = "<svg onload=window.__pwned=9>";
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
-}
-
-/// `$CARGO_TARGET_DIR/test-artifacts/replay` (relative to the workspace when relative), else
-/// `target/test-artifacts/replay`; emptied of the screenshots of earlier runs.
-fn artifacts_dir() -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    let dir = workspace()
-        .join(target)
-        .join("test-artifacts")
-        .join("replay");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "png") {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-    }
-    Ok(dir)
-}
-
-/// Fails, rather than skipping, when the browser or the npm packages are missing.
-fn require_browser_tools() -> Result<()> {
-    ensure!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run scripts/setup (it installs Debian's chromium)"
-    );
-    let playwright = js_dir().join("node_modules/playwright-core/package.json");
-    ensure!(
-        playwright.is_file(),
-        "{} is missing: run scripts/setup (it runs `npm ci` in {})",
-        playwright.display(),
-        js_dir().display()
-    );
-    Ok(())
-}
-
-/// A running replay.mjs: its JSON lines as they come, its stdin for the test's orders.
-struct Script {
-    // Declared first so it is dropped (stopped) before the reader thread's pipe goes away.
-    child: ChildGuard,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    stderr_path: PathBuf,
-}
-
-impl Script {
-    fn start(console_url: &str, out_dir: &Path) -> Result<Script> {
-        let stderr_path = out_dir.join("replay-stderr.log");
-        let stderr = File::create(&stderr_path)
-            .with_context(|| format!("cannot create {}", stderr_path.display()))?;
-        let child = Command::new("node")
-            .arg(js_dir().join("replay.mjs"))
-            .arg(console_url)
-            .arg(out_dir)
-            .current_dir(js_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .context("cannot run node (is Node.js installed? run scripts/setup)")?;
-        // Playwright closes Chromium when node gets SIGTERM; give it the time to.
-        let mut child = ChildGuard::new("replay.mjs", child).with_grace(Duration::from_secs(10));
-        let stdin = child
-            .child_mut()
-            .stdin
-            .take()
-            .context("the script's stdin")?;
-        let stdout = child
-            .child_mut()
-            .stdout
-            .take()
-            .context("the script's stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Script {
-            child,
-            stdin,
-            lines,
-            stderr_path,
-        })
-    }
-
-    /// Waits for the script's next line, which must be `{"step": name, ...}`, and returns it.
-    fn step(&mut self, name: &str) -> Result<Value> {
-        let line = match self.lines.recv_timeout(STEP_TIMEOUT) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                bail!("replay.mjs reached no step {name:?} within {STEP_TIMEOUT:?}")
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.stop()?;
-                bail!("replay.mjs ended ({status}) before step {name:?}")
-            }
-        };
-        let value: Value = serde_json::from_str(&line)
-            .with_context(|| format!("replay.mjs printed a line that is not JSON: {line}"))?;
-        match value["step"].as_str() {
-            Some(step) if step == name => Ok(value),
-            Some("error") => bail!("replay.mjs failed before step {name:?}: {value:#}"),
-            _ => bail!("replay.mjs printed {value} while step {name:?} was expected"),
-        }
-    }
-
-    /// An order for the script: a word or a JSON object, one line.
-    fn say(&mut self, line: &str) -> Result<()> {
-        writeln!(self.stdin, "{line}").context("cannot write to replay.mjs")
-    }
-
-    fn exit_status(&mut self) -> Result<ExitStatus> {
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "replay.mjs did not exit within {EXIT_TIMEOUT:?} after its last step"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-}
-
 #[test]
 fn search_replay_live_view_and_xss_proofing_in_a_real_browser() {
     require_browser_tools().unwrap_or_else(|e| panic!("{e:#}"));
-    let out_dir = artifacts_dir().unwrap_or_else(|e| panic!("{e:#}"));
+    let out_dir = artifacts_dir("replay").unwrap_or_else(|e| panic!("{e:#}"));
     // The gateway looks for termination requests five times a second.
     let lab = ConsoleLab::start(&[("PGBASTION_GATEWAY_REVOCATION_POLL_MILLIS", "200")])
         .unwrap_or_else(|e| panic!("console lab: {e:#}"));
     // carol signs in while the sessions are recorded.
-    let mut script = Script::start(&lab.url(), &out_dir).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut script = BrowserScript::start("replay.mjs", &lab.url(), &out_dir)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     if let Err(e) = run(&lab, &mut script) {
         let status = script.child.stop();
         panic!(
@@ -228,7 +78,7 @@ fn search_replay_live_view_and_xss_proofing_in_a_real_browser() {
     }
 }
 
-fn run(lab: &ConsoleLab, script: &mut Script) -> Result<()> {
+fn run(lab: &ConsoleLab, script: &mut BrowserScript) -> Result<()> {
     // One worker: the clients' connection tasks keep running between the test's steps.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -696,7 +546,7 @@ const LONG: usize = 2_000;
 
 fn long_session(
     lab: &ConsoleLab,
-    script: &mut Script,
+    script: &mut BrowserScript,
     rt: &Runtime,
     token: &str,
     known: &mut Vec<Uuid>,
@@ -755,7 +605,7 @@ fn long_session(
 
 fn live_view(
     lab: &ConsoleLab,
-    script: &mut Script,
+    script: &mut BrowserScript,
     rt: &Runtime,
     token: &str,
     known: &mut Vec<Uuid>,
@@ -817,7 +667,7 @@ fn live_view(
 /// dave ends a live session from its page; the client gets the FATAL with his reason.
 fn terminate(
     lab: &ConsoleLab,
-    script: &mut Script,
+    script: &mut BrowserScript,
     rt: &Runtime,
     token: &str,
     known: &mut Vec<Uuid>,
