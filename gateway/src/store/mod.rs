@@ -221,6 +221,22 @@ pub struct KeyRegistration {
     pub registered_at: DateTime<Utc>,
 }
 
+/// The check [`Store::set_target_retention`] makes before the database's own: at least a day,
+/// and a number of days both engines store (PostgreSQL's `integer`).
+pub(crate) fn check_retention(days: Option<u32>) -> StoreResult<Option<i32>> {
+    match days {
+        Some(0) => Err(StoreError::Invalid(
+            "a retention of 0 days would delete sessions as they end; give at least 1 day, \
+             or keep them forever"
+                .into(),
+        )),
+        Some(d) => i32::try_from(d).map(Some).map_err(|_| {
+            StoreError::Invalid(format!("a retention of {d} days is more than anyone means"))
+        }),
+        None => Ok(None),
+    }
+}
+
 /// The checks [`Store::request_termination`] makes before the database's own.
 pub(crate) fn check_termination(by: &str, reason: &str) -> StoreResult<()> {
     if by.is_empty() {

@@ -625,22 +625,7 @@ impl Store for PgStore {
     }
 
     async fn set_target_retention(&self, name: &str, days: Option<u32>) -> StoreResult<Target> {
-        if days == Some(0) {
-            return Err(StoreError::Invalid(
-                "a retention of 0 days would delete sessions as they end; give at least 1 day, \
-                 or keep them forever"
-                    .into(),
-            ));
-        }
-        let days = days
-            .map(|d| {
-                i32::try_from(d).map_err(|_| {
-                    StoreError::Invalid(format!(
-                        "a retention of {d} days is more than anyone means"
-                    ))
-                })
-            })
-            .transpose()?;
+        let days = super::check_retention(days)?;
         sqlx::query(concat!(
             "UPDATE targets SET retention_days = $1 WHERE name = $2 RETURNING ",
             target_columns!()

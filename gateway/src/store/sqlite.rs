@@ -685,18 +685,12 @@ impl Store for SqliteStore {
     }
 
     async fn set_target_retention(&self, name: &str, days: Option<u32>) -> StoreResult<Target> {
-        if days == Some(0) {
-            return Err(StoreError::Invalid(
-                "a retention of 0 days would delete sessions as they end; give at least 1 day, \
-                 or keep them forever"
-                    .into(),
-            ));
-        }
+        let days = super::check_retention(days)?;
         sqlx::query(concat!(
             "UPDATE targets SET retention_days = ? WHERE name = ? RETURNING ",
             target_columns!()
         ))
-        .bind(days.map(i64::from))
+        .bind(days)
         .bind(name)
         .fetch_optional(&self.pool)
         .await?
