@@ -37,6 +37,8 @@ pub struct Feed {
     events: Vec<Entry>,
     /// Statements (and events) ready, in seq order.
     ready: Vec<Entry>,
+    /// How many of `ready` are statements.
+    ready_statements: usize,
     /// The seq expected next, to name events missing from the store.
     expected: i64,
     /// Transaction status at the folder's last quiet point.
@@ -50,6 +52,7 @@ impl Feed {
             folder: StatementFolder::with_details(cursor.seq, cursor.status),
             events: Vec::new(),
             ready: Vec::new(),
+            ready_statements: 0,
             expected: cursor.seq,
             quiet_status: cursor.status,
         }
@@ -97,15 +100,13 @@ impl Feed {
 
     /// Statements ready so far.
     pub fn ready_statements(&self) -> usize {
-        self.ready
-            .iter()
-            .filter(|e| matches!(e, Entry::Statement(_)))
-            .count()
+        self.ready_statements
     }
 
     /// Everything before the cursor: entries a next page (from [`Self::cursor`]) will not
     /// show again.
     pub fn take_ready(&mut self) -> Vec<Entry> {
+        self.ready_statements = 0;
         std::mem::take(&mut self.ready)
     }
 
@@ -128,6 +129,7 @@ impl Feed {
             self.quiet_status = self.folder.status();
         }
         let statements = self.folder.take_finished_with_details();
+        self.ready_statements += statements.len();
         let loose = self.folder.take_loose();
         if statements.is_empty() && loose.is_empty() && self.events.is_empty() {
             return;
