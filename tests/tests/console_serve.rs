@@ -23,9 +23,15 @@ fn user_add(bastion: &Bastion, args: &[&str], password: Option<&str>) -> std::pr
         .expect("pgbastion user add");
     let mut stdin = child.stdin.take().expect("piped");
     if let Some(password) = password {
-        stdin
-            .write_all(password.as_bytes())
-            .expect("write password");
+        // A command refused before it reads stdin (an existing login, say) closes the pipe
+        // first; its exit status and message are what the callers check.
+        if let Err(e) = stdin.write_all(password.as_bytes()) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "write password: {e}"
+            );
+        }
     }
     drop(stdin);
     child.wait_with_output().expect("user add output")
