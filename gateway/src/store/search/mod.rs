@@ -8,6 +8,7 @@
 //! `plainto_tsquery` or as an escaped `ILIKE` pattern, both bound as parameters.
 
 mod event_hashes;
+mod fts_query;
 mod postgres;
 mod snippet;
 mod sqlite;

@@ -2,11 +2,14 @@
 //!
 //! FTS5 hands back every match of a word in no useful order, and a page wants the newest few.
 //! So a search first counts the matches, up to [`FEW_MATCHES`]: that few are looked up and
-//! sorted. More, and the text is common: the statements are read newest first (through the
+//! sorted. The count is of the text together with the filters, which the full-text indexes
+//! hold as facets (`fts_query`): a common word with a filter it never meets counts no matches
+//! at all, where counting the word's alone would send the search reading all of them. More
+//! matches, and text and filters often meet: the statements are read newest first (through the
 //! index of the filters) and checked in memory (`snippet::is_match`, microseconds each where
 //! asking FTS5 about one row costs a hundred or more) until the page is full. A walk that reads
-//! [`WALK_MAX`] statements without filling its page (common text and filters that rarely meet)
-//! lets the full-text index list the rest of the page after all.
+//! [`WALK_MAX`] statements without filling its page (they met often, but not lately, or not in
+//! the time range) lets the full-text index list the rest of the page after all.
 
 use std::collections::HashMap;
 
@@ -17,6 +20,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
 use super::event_hashes::{self, BlockHashes};
+use super::fts_query::{self, FullText};
 use super::snippet::{is_match, snippet};
 use super::{
     ChainProgress, IndexUpdate, MAX_PAGE, Needle, SearchStore, SessionStats, SessionToIndex,
@@ -53,12 +57,6 @@ const COVERING_BLOCKS: &str = "SELECT b.session_id, b.first_seq, b.last_seq, b.h
        FROM (SELECT unhex(value ->> 0) AS session_id, value ->> 1 AS seq \
          FROM json_each(?1)) AS k)";
 
-const WORD_INDEX: &str = "recorded_statements_fts";
-const TRIGRAM_INDEX: &str = "recorded_statements_trigrams";
-
-/// A full-text index and an FTS5 query of it.
-type FullText = (&'static str, String);
-
 /// How a search finds its statements.
 enum Plan {
     /// By the filters alone.
@@ -72,21 +70,15 @@ enum Plan {
 /// A keyset position: (at, session_id, seq).
 type Key = (DateTime<Utc>, Uuid, i64);
 
-/// Text as one FTS5 phrase: in double quotes, its own double quotes doubled. Inside a phrase
-/// nothing is syntax (`NEAR`, `*`, `AND`, parentheses are text), and the tokenizer cuts it as it
-/// cut the indexed text.
-fn phrase(text: &str) -> String {
-    format!("\"{}\"", text.replace('"', "\"\""))
-}
-
 impl SqliteStore {
-    /// Whether `query` matches at most [`FEW_MATCHES`] statements in `index`.
-    async fn few_matches(&self, (index, query): &FullText) -> StoreResult<bool> {
+    /// Whether `full_text` matches at most [`FEW_MATCHES`] statements.
+    async fn few_matches(&self, full_text: &FullText) -> StoreResult<bool> {
+        let index = full_text.index;
         let mut count = QueryBuilder::<Sqlite>::new(format!(
             "SELECT count(*) FROM (SELECT 1 FROM {index} WHERE {index} MATCH "
         ));
         count
-            .push_bind(query.clone())
+            .push_bind(full_text.query.clone())
             .push(" LIMIT ")
             .push_bind(FEW_MATCHES + 1)
             .push(")");
@@ -94,18 +86,9 @@ impl SqliteStore {
         Ok(count <= FEW_MATCHES)
     }
 
-    async fn plan(&self, needle: &Needle) -> StoreResult<Plan> {
-        let full_text = match needle {
-            Needle::Nothing | Needle::Unmatchable => return Ok(Plan::Filters),
-            Needle::Words(words) => (
-                WORD_INDEX,
-                words
-                    .iter()
-                    .map(|w| phrase(w))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-            Needle::Substring(text) => (TRIGRAM_INDEX, phrase(text)),
+    async fn plan(&self, needle: &Needle, query: &StatementQuery) -> StoreResult<Plan> {
+        let Some(full_text) = fts_query::full_text(needle, query) else {
+            return Ok(Plan::Filters);
         };
         Ok(if self.few_matches(&full_text).await? {
             Plan::FewMatches(full_text)
@@ -128,7 +111,7 @@ impl SqliteStore {
              r.duration_micros, r.sql, r.params ",
         );
         match full_text {
-            Some((index, text)) => {
+            Some(FullText { index, query: text }) => {
                 // CROSS JOIN keeps this order: the few matches first, then their rows (the
                 // planner would otherwise ask FTS5 about each row a filter's index yields).
                 sql.push(format_args!(
@@ -413,7 +396,7 @@ impl SearchStore for SqliteStore {
         if limit == 0 || needle == Needle::Unmatchable {
             return Ok(Vec::new());
         }
-        let rows = match self.plan(&needle).await? {
+        let rows = match self.plan(&needle, query).await? {
             Plan::Filters => self.select(query, page.before, limit, None).await?,
             Plan::FewMatches(full_text) => {
                 self.select(query, page.before, limit, Some(&full_text))
