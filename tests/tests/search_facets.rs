@@ -10,12 +10,14 @@ use anyhow::{Result, ensure};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use gateway::record::event::StatementClass;
 use gateway::record::statements::IndexedStatement;
+use gateway::store::postgres::PgStore;
 use gateway::store::search::ChainProgress;
 use gateway::store::sqlite::SqliteStore;
 use gateway::store::{
     IndexUpdate, NewSession, RecordingPolicy, StatementHit, StatementPage, StatementQuery, Store,
     TextMatch,
 };
+use harness::PgCluster;
 use harness::on_both_engines;
 use uuid::Uuid;
 
@@ -389,16 +391,16 @@ async fn filters_a_text_rarely_meets_find_what_reading_everything_finds(
     Ok(())
 }
 
-/// Statements indexed before migration 0012 are found through the facets it added: the
-/// migration rebuilds both full-text indexes from the table.
-#[tokio::test]
-async fn sqlite_statements_indexed_before_the_facets_are_found_with_them() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let before: Arc<dyn Store> = Arc::new(SqliteStore::open_at_migration(&url, 11).await?);
+/// Statements indexed before migration 0012 are found through the facets it added: SQLite
+/// rebuilds both full-text indexes from the table, PostgreSQL recomputes the tsvector.
+async fn indexed_before_the_facets_found_with_them(
+    open_before: impl AsyncFnOnce() -> Result<Arc<dyn Store>>,
+    open_after: impl AsyncFnOnce() -> Result<Arc<dyn Store>>,
+) -> Result<()> {
+    let before = open_before().await?;
     let all = indexed(&before, "alice", "shop", shop_statements(600)).await?;
     drop(before);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await?);
+    let store = open_after().await?;
     for query in [
         StatementQuery {
             class: Some(StatementClass::Write),
@@ -434,4 +436,27 @@ async fn sqlite_statements_indexed_before_the_facets_are_found_with_them() -> Re
     };
     ensure!(pages(&store, &query, 1).await? == expected(&more, &query));
     Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_statements_indexed_before_the_facets_are_found_with_them() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    indexed_before_the_facets_found_with_them(
+        async || Ok(Arc::new(SqliteStore::open_at_migration(&url, 11).await?) as Arc<dyn Store>),
+        async || Ok(Arc::new(SqliteStore::open(&url).await?) as Arc<dyn Store>),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn postgres_statements_indexed_before_the_facets_are_found_with_them() -> Result<()> {
+    let cluster = PgCluster::start()?;
+    cluster.create_database("facets")?;
+    let url = cluster.superuser_url("facets");
+    indexed_before_the_facets_found_with_them(
+        async || Ok(Arc::new(PgStore::open_at_migration(&url, 11).await?) as Arc<dyn Store>),
+        async || Ok(Arc::new(PgStore::open(&url).await?) as Arc<dyn Store>),
+    )
+    .await
 }

@@ -1,13 +1,20 @@
 //! [`SearchStore`] on the PostgreSQL engine (tables in
 //! `migrations/postgres/0007_statement_index.sql`).
 //!
-//! One query per search: the planner chooses between the GIN index of the words (or the
-//! trigrams of the SQL) and walking the newest statements through the index of the filters,
-//! from the statistics ANALYZE keeps of how common each word is.
+//! The planner chooses between the GIN index of the words (or the trigrams of the SQL) and
+//! walking the newest statements through the index of the filters, from the statistics ANALYZE
+//! keeps of how common each word is. It takes words and filters to be independent, so a common
+//! word with a filter it never meets looks cheap to walk for and is not. A search for words
+//! with filters therefore reads the newest [`WALK`] statements passing the filters and checks
+//! them for the words: when text and filters meet often, that fills the page. When it does not,
+//! it counts, through the GIN index alone, the statements having the words and the filters'
+//! facets (lexemes of the tsvector, migration 0012). Up to [`FEW_MATCHES`] of them are fetched
+//! and sorted; more (they met often, but not lately), and the planner's plan finds them.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use md5::{Digest, Md5};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
@@ -31,6 +38,49 @@ const COVERING_BLOCKS: &str = "SELECT b.session_id, b.first_seq, b.last_seq, b.h
          WHERE r.session_id = k.session_id AND r.first_seq <= k.seq \
          ORDER BY r.first_seq DESC LIMIT 1) \
        FROM UNNEST($1::uuid[], $2::bigint[]) AS k (session_id, seq))";
+
+/// Statements passing the filters that a search for words with filters reads first.
+const WALK: i64 = 10_000;
+
+/// Matches of words and facets up to which they are fetched through the GIN index and sorted,
+/// in a few milliseconds.
+const FEW_MATCHES: i64 = 5_000;
+
+/// The facet lexemes (migration 0012) of the filters of `query`, as a tsquery's text: `None`
+/// without any. Every part is ours (class names, digits, md5 hex), so nothing needs quoting.
+fn facets(query: &StatementQuery) -> Option<String> {
+    let mut lexemes = Vec::new();
+    if let Some(class) = query.class {
+        lexemes.push(format!("~c{}", class_name(class)));
+    }
+    if let Some(has_error) = query.has_error {
+        lexemes.push(format!("~e{}", u8::from(has_error)));
+    }
+    if let Some(risky) = query.risky {
+        lexemes.push(format!("~r{}", u8::from(risky)));
+    }
+    if let Some(person) = &query.person {
+        lexemes.push(format!("~p{}", md5_hex(person)));
+    }
+    if let Some(target) = &query.target {
+        lexemes.push(format!("~t{}", md5_hex(target)));
+    }
+    (!lexemes.is_empty()).then(|| {
+        lexemes
+            .iter()
+            .map(|l| format!("'{l}'"))
+            .collect::<Vec<_>>()
+            .join(" & ")
+    })
+}
+
+/// PostgreSQL's `md5(text)`: the hex digest of the UTF-8 bytes.
+fn md5_hex(text: &str) -> String {
+    Md5::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: &StatementPage) {
     if let Some(id) = query.session_id {
@@ -70,6 +120,88 @@ fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: 
             .push(", ")
             .push_bind(seq)
             .push(")");
+    }
+}
+
+const SELECT_HITS: &str = "SELECT r.session_id, r.seq, r.at, r.person_login, r.target_name, \
+     r.class, r.risks, r.risky, r.has_error, r.sqlstate, r.error_message, r.tag, r.rows, \
+     r.duration_micros, r.sql, r.params FROM recorded_statements r";
+const NEWEST_FIRST: &str = " ORDER BY r.at DESC, r.session_id DESC, r.seq DESC LIMIT ";
+
+impl PgStore {
+    /// The page of a search for `words` under filters whose `facets` are given (see the module
+    /// documentation); `None` when the planner's plan should find it.
+    async fn words_with_filters(
+        &self,
+        query: &StatementQuery,
+        page: &StatementPage,
+        limit: i64,
+        words: &[String],
+        facets: &str,
+    ) -> StoreResult<Option<Vec<PgRow>>> {
+        let mut walk = QueryBuilder::<Postgres>::new(SELECT_HITS.replace(
+            "FROM recorded_statements r",
+            "FROM (SELECT * FROM recorded_statements r WHERE true",
+        ));
+        push_filters(&mut walk, query, page);
+        walk.push(NEWEST_FIRST)
+            .push_bind(WALK)
+            .push(") r WHERE r.search @@ plainto_tsquery('simple', ")
+            .push_bind(words.join(" "))
+            .push(")")
+            .push(NEWEST_FIRST)
+            .push_bind(limit);
+        let walked = walk.build().fetch_all(&self.pool).await?;
+        if walked.len() as i64 == limit {
+            return Ok(Some(walked));
+        }
+        self.few_word_matches(query, page, limit, words, facets)
+            .await
+    }
+
+    /// The page, when words and facets together match at most [`FEW_MATCHES`] statements;
+    /// `None` when they match more. Both queries run with the planner held to the GIN index
+    /// (bitmap scans only), which is what makes the count cheap whatever word and filters the
+    /// statistics would misjudge.
+    async fn few_word_matches(
+        &self,
+        query: &StatementQuery,
+        page: &StatementPage,
+        limit: i64,
+        words: &[String],
+        facets: &str,
+    ) -> StoreResult<Option<Vec<PgRow>>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SET LOCAL enable_indexscan = off")
+            .execute(&mut *tx)
+            .await?;
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM recorded_statements r \
+             WHERE r.search @@ (plainto_tsquery('simple', $1) && $2::tsquery) LIMIT $3) m",
+        )
+        .bind(words.join(" "))
+        .bind(facets)
+        .bind(FEW_MATCHES + 1)
+        .fetch_one(&mut *tx)
+        .await?;
+        if count > FEW_MATCHES {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut sql = QueryBuilder::<Postgres>::new(SELECT_HITS);
+        sql.push(" WHERE r.search @@ (plainto_tsquery('simple', ")
+            .push_bind(words.join(" "))
+            .push(") && ")
+            .push_bind(facets.to_string())
+            .push("::tsquery)");
+        push_filters(&mut sql, query, page);
+        sql.push(NEWEST_FIRST).push_bind(limit);
+        let rows = sql.build().fetch_all(&mut *tx).await?;
+        tx.rollback().await?;
+        Ok(Some(rows))
     }
 }
 
@@ -242,11 +374,16 @@ impl SearchStore for PgStore {
         if limit == 0 || needle == Needle::Unmatchable {
             return Ok(Vec::new());
         }
-        let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT r.session_id, r.seq, r.at, r.person_login, r.target_name, r.class, r.risks, \
-             r.risky, r.has_error, r.sqlstate, r.error_message, r.tag, r.rows, \
-             r.duration_micros, r.sql, r.params FROM recorded_statements r WHERE true",
-        );
+        if let (Needle::Words(words), Some(facets)) = (&needle, facets(query)) {
+            if let Some(rows) = self
+                .words_with_filters(query, page, limit, words, &facets)
+                .await?
+            {
+                return rows.iter().map(|row| hit_from_row(row, &needle)).collect();
+            }
+        }
+        let mut sql = QueryBuilder::<Postgres>::new(SELECT_HITS);
+        sql.push(" WHERE true");
         match &needle {
             // plainto_tsquery reads any text as words joined by AND: nothing in it is syntax.
             Needle::Words(words) => {
@@ -261,8 +398,7 @@ impl SearchStore for PgStore {
             Needle::Nothing | Needle::Unmatchable => {}
         }
         push_filters(&mut sql, query, page);
-        sql.push(" ORDER BY r.at DESC, r.session_id DESC, r.seq DESC LIMIT ")
-            .push_bind(limit);
+        sql.push(NEWEST_FIRST).push_bind(limit);
         let rows = sql.build().fetch_all(&self.pool).await?;
         rows.iter().map(|row| hit_from_row(row, &needle)).collect()
     }
