@@ -92,6 +92,7 @@ on_both_engines!(
     events_in_several_blocks_come_back_in_order_from_any_seq_with_any_limit,
     a_batch_interleaving_runs_of_two_sessions_keeps_each_in_order,
     a_batch_overlapping_a_stored_block_is_a_duplicate_and_stores_nothing,
+    a_batch_of_more_sessions_than_one_statement_holds_is_stored_whole_or_not_at_all,
     an_event_a_block_could_not_give_back_is_refused,
     events_of_an_unknown_session_are_refused_naming_it,
     a_recording_is_sealed_once,
@@ -1458,6 +1459,38 @@ async fn a_batch_overlapping_a_stored_block_is_a_duplicate_and_stores_nothing(
 
     // What fits between the stored blocks goes in.
     append_runs(&store, &all, &[&[(10, 20), (30, 40)]]).await?;
+    assert_eq!(store.session_events(id, 0, 100).await?, all);
+    Ok(())
+}
+
+/// SQLite stores up to 32 blocks (sessions) of a batch in one statement and more in several,
+/// in one transaction: an overlap found by the last statement leaves nothing of the others.
+async fn a_batch_of_more_sessions_than_one_statement_holds_is_stored_whole_or_not_at_all(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    let id = started_session(&store).await?;
+    let all = events(id, 0..10);
+    append_runs(&store, &all, &[&[(0, 5)]]).await?;
+    let mut others = Vec::new();
+    for _ in 0..70 {
+        others.push(started_session(&store).await?);
+    }
+    let mut batch: Vec<StoredEvent> = others.iter().flat_map(|o| events(*o, 0..2)).collect();
+    batch.extend(runs_of(&all, &[(4, 6)]));
+    let err = store.append_events(&batch).await.unwrap_err();
+    assert!(is_duplicate_event(&err, id, 4), "{err:?}");
+    for other in &others {
+        assert!(store.session_events(*other, 0, 10).await?.is_empty());
+    }
+    batch.truncate(batch.len() - 2);
+    batch.extend(runs_of(&all, &[(5, 10)]));
+    store.append_events(&batch).await?;
+    for other in &others {
+        assert_eq!(
+            store.session_events(*other, 0, 10).await?,
+            events(*other, 0..2)
+        );
+    }
     assert_eq!(store.session_events(id, 0, 100).await?, all);
     Ok(())
 }

@@ -51,8 +51,9 @@ const PURGE_STATEMENTS_CHUNK: i64 = 500;
 const PURGE_PAUSE: Duration = Duration::from_millis(20);
 
 /// Blocks per INSERT statement at most. Each binds 10 parameters, far below SQLite's limit of
-/// 32,766 per statement. Statements hold a power of two of blocks, so that a few prepared
-/// statements (cached by their text) serve every batch.
+/// 32,766 per statement. A batch of up to this many blocks (one per session with events in it:
+/// most batches) is stored by one statement, one round trip to SQLite's connection thread; the
+/// statements for 1 to 32 blocks stay in the connection's cache of prepared statements.
 const BLOCKS_PER_INSERT: usize = 32;
 
 /// Column lists, shared by the queries that return whole rows (macros, because `concat!` needs
@@ -373,8 +374,20 @@ pub(super) fn rows<T>(
 // DESC LIMIT 1`. The queries below build on that.
 
 /// Where the block starting last at or before a seq (`?2`) ends; none when no block does.
-const PRIOR_BLOCK_END: &str = "SELECT last_seq FROM recording_blocks \
-     WHERE session_id = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1";
+/// Inserts the blocks of the `incoming` table that precedes it (`WITH incoming (...) AS
+/// (VALUES ...)`) unless one of them overlaps a stored block of its session (the block starting
+/// last at or before its end ends at or after its start): all of them or none. One statement,
+/// so SQLite takes the write lock before reading, and nothing is written in between.
+const INSERT_UNLESS_OVERLAP: &str = concat!(
+    " INSERT INTO recording_blocks (",
+    block_columns!(),
+    ") SELECT ",
+    block_columns!(),
+    " FROM incoming WHERE NOT EXISTS (SELECT 1 FROM incoming n WHERE (\
+       SELECT b.last_seq FROM recording_blocks b \
+       WHERE b.session_id = n.session_id AND b.first_seq <= n.last_seq \
+       ORDER BY b.first_seq DESC LIMIT 1) >= n.first_seq)"
+);
 
 /// The blocks of session `?1` holding events from seq `?2` on and starting before seq `?3`, in
 /// order, then (`probe`, without its content) the first block starting at or after `?3`: with no
@@ -397,59 +410,30 @@ const STORED_RANGES: &str = "SELECT first_seq, last_seq FROM recording_blocks \
        (SELECT first_seq FROM recording_blocks WHERE session_id = ?1 AND first_seq <= ?2 \
         ORDER BY first_seq DESC LIMIT 1), ?2)";
 
-/// The largest power of two not above `n` (at least 1) nor [`BLOCKS_PER_INSERT`].
-fn insert_chunk(n: usize) -> usize {
-    let n = n.clamp(1, BLOCKS_PER_INSERT);
-    1 << n.ilog2()
-}
-
 impl SqliteStore {
-    /// Whether a block of `blocks` overlaps one stored.
-    async fn overlaps_stored(
-        tx: &mut sqlx::SqliteConnection,
+    /// Inserts `blocks` (at most [`BLOCKS_PER_INSERT`]) in one statement; false, with nothing
+    /// inserted, when one overlaps a stored block.
+    async fn insert_blocks<'c>(
+        executor: impl sqlx::Executor<'c, Database = Sqlite>,
         blocks: &[NewBlock<'_>],
-    ) -> StoreResult<bool> {
-        for block in blocks {
-            let prior_end: Option<i64> = sqlx::query_scalar(PRIOR_BLOCK_END)
-                .bind(block.session_id)
-                .bind(block.last_seq)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if prior_end.is_some_and(|end| end >= block.first_seq) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    async fn insert_blocks(
-        tx: &mut sqlx::SqliteConnection,
-        blocks: &[NewBlock<'_>],
-    ) -> Result<(), sqlx::Error> {
-        let mut rest = blocks;
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(insert_chunk(rest.len()));
-            let mut insert = QueryBuilder::<Sqlite>::new(concat!(
-                "INSERT INTO recording_blocks (",
-                block_columns!(),
-                ") "
-            ));
-            insert.push_values(chunk, |mut row, block| {
-                row.push_bind(block.session_id)
-                    .push_bind(block.first_seq)
-                    .push_bind(block.last_seq)
-                    .push_bind(ts(block.first_at))
-                    .push_bind(ts(block.last_at))
-                    .push_bind(block.kinds.as_str())
-                    .push_bind(block.body.as_str())
-                    .push_bind(block.ats.as_slice())
-                    .push_bind(block.prev_hash)
-                    .push_bind(block.hashes.as_slice());
-            });
-            insert.build().execute(&mut *tx).await?;
-            rest = tail;
-        }
-        Ok(())
+    ) -> Result<bool, sqlx::Error> {
+        let mut insert =
+            QueryBuilder::<Sqlite>::new(concat!("WITH incoming (", block_columns!(), ") AS ("));
+        insert.push_values(blocks, |mut row, block| {
+            row.push_bind(block.session_id)
+                .push_bind(block.first_seq)
+                .push_bind(block.last_seq)
+                .push_bind(ts(block.first_at))
+                .push_bind(ts(block.last_at))
+                .push_bind(block.kinds.as_str())
+                .push_bind(block.body.as_str())
+                .push_bind(block.ats.as_slice())
+                .push_bind(block.prev_hash)
+                .push_bind(block.hashes.as_slice());
+        });
+        insert.push(")").push(INSERT_UNLESS_OVERLAP);
+        let inserted = insert.build().execute(executor).await?.rows_affected();
+        Ok(inserted as usize == blocks.len())
     }
 }
 
@@ -943,18 +927,28 @@ impl Store for SqliteStore {
         if blocks::overlap_within(&blocks) {
             return Err(self.overlapping_batch(batch).await);
         }
-        // One transaction for the whole batch: all of it is durable at the commit, or none.
-        // IMMEDIATE takes the write lock at once, so no other writer adds a block between the
-        // overlap check and the inserts (and the check's reads need no upgrade to a write, which
-        // fails when another connection wrote in between).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if Self::overlaps_stored(&mut tx, &blocks).await? {
-            tx.rollback().await?;
-            return Err(self.overlapping_batch(batch).await);
+        if blocks.len() <= BLOCKS_PER_INSERT {
+            // One statement: atomic by itself.
+            return match Self::insert_blocks(&self.pool, &blocks).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(self.overlapping_batch(batch).await),
+                Err(err) => Err(self.rejected_batch(batch, err).await),
+            };
         }
-        if let Err(err) = Self::insert_blocks(&mut tx, &blocks).await {
+        // One transaction for the whole batch: all of it is durable at the commit, or none.
+        // IMMEDIATE takes the write lock at once, so no other writer adds a block between one
+        // statement's overlap check and the next.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in blocks.chunks(BLOCKS_PER_INSERT) {
+            let outcome = Self::insert_blocks(&mut *tx, chunk).await;
+            if matches!(outcome, Ok(true)) {
+                continue;
+            }
             tx.rollback().await?;
-            return Err(self.rejected_batch(batch, err).await);
+            return Err(match outcome {
+                Ok(_) => self.overlapping_batch(batch).await,
+                Err(err) => self.rejected_batch(batch, err).await,
+            });
         }
         tx.commit().await?;
         Ok(())
