@@ -374,13 +374,12 @@ impl SearchStore for PgStore {
         if limit == 0 || needle == Needle::Unmatchable {
             return Ok(Vec::new());
         }
-        if let (Needle::Words(words), Some(facets)) = (&needle, facets(query)) {
-            if let Some(rows) = self
+        if let (Needle::Words(words), Some(facets)) = (&needle, facets(query))
+            && let Some(rows) = self
                 .words_with_filters(query, page, limit, words, &facets)
                 .await?
-            {
-                return rows.iter().map(|row| hit_from_row(row, &needle)).collect();
-            }
+        {
+            return rows.iter().map(|row| hit_from_row(row, &needle)).collect();
         }
         let mut sql = QueryBuilder::<Postgres>::new(SELECT_HITS);
         sql.push(" WHERE true");
