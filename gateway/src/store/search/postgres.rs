@@ -3,13 +3,14 @@
 //!
 //! The planner chooses between the GIN index of the words (or the trigrams of the SQL) and
 //! walking the newest statements through the index of the filters, from the statistics ANALYZE
-//! keeps of how common each word is. It takes words and filters to be independent, so a common
+//! keeps of how common each word is. It takes text and filters to be independent, so a common
 //! word with a filter it never meets looks cheap to walk for and is not. A search for words
-//! with filters therefore reads the newest [`WALK`] statements passing the filters and checks
-//! them for the words: when text and filters meet often, that fills the page. When it does not,
-//! it counts, through the GIN index alone, the statements having the words and the filters'
-//! facets (lexemes of the tsvector, migration 0012). Up to [`FEW_MATCHES`] of them are fetched
-//! and sorted; more (they met often, but not lately), and the planner's plan finds them.
+//! with filters therefore reads the newest [`WALK`] statements passing the filters and checks them
+//! for the text: when text and filters meet often, that fills the page. When it does not, it
+//! counts the statements matching both through the GIN index holding the words and the
+//! filters' facets (lexemes of the tsvector, migration 0012). Up to [`FEW_MATCHES`] of them are
+//! fetched and sorted; more (they met often, but not lately), and the planner's plan finds
+//! them. Substrings are left to the planner.
 
 use std::collections::HashMap;
 
@@ -82,6 +83,30 @@ fn md5_hex(text: &str) -> String {
         .collect()
 }
 
+/// The condition on the text searched for: words (with the filters' `facets`, when given) or a
+/// substring.
+fn push_text(sql: &mut QueryBuilder<Postgres>, needle: &Needle, facets: Option<&str>) {
+    match needle {
+        // plainto_tsquery reads any text as words joined by AND: nothing in it is syntax.
+        Needle::Words(words) => {
+            sql.push(" AND r.search @@ (plainto_tsquery('simple', ")
+                .push_bind(words.join(" "))
+                .push(")");
+            if let Some(facets) = facets {
+                sql.push(" && ")
+                    .push_bind(facets.to_string())
+                    .push("::tsquery");
+            }
+            sql.push(")");
+        }
+        Needle::Substring(text) => {
+            sql.push(" AND r.sql ILIKE ")
+                .push_bind(contains_pattern(text));
+        }
+        Needle::Nothing | Needle::Unmatchable => {}
+    }
+}
+
 fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: &StatementPage) {
     if let Some(id) = query.session_id {
         sql.push(" AND r.session_id = ").push_bind(id);
@@ -129,14 +154,14 @@ const SELECT_HITS: &str = "SELECT r.session_id, r.seq, r.at, r.person_login, r.t
 const NEWEST_FIRST: &str = " ORDER BY r.at DESC, r.session_id DESC, r.seq DESC LIMIT ";
 
 impl PgStore {
-    /// The page of a search for `words` under filters whose `facets` are given (see the module
+    /// The page of a search for words under filters with these `facets` (see the module
     /// documentation); `None` when the planner's plan should find it.
     async fn words_with_filters(
         &self,
         query: &StatementQuery,
         page: &StatementPage,
         limit: i64,
-        words: &[String],
+        needle: &Needle,
         facets: &str,
     ) -> StoreResult<Option<Vec<PgRow>>> {
         let mut walk = QueryBuilder::<Postgres>::new(SELECT_HITS.replace(
@@ -146,57 +171,49 @@ impl PgStore {
         push_filters(&mut walk, query, page);
         walk.push(NEWEST_FIRST)
             .push_bind(WALK)
-            .push(") r WHERE r.search @@ plainto_tsquery('simple', ")
-            .push_bind(words.join(" "))
-            .push(")")
-            .push(NEWEST_FIRST)
-            .push_bind(limit);
+            .push(") r WHERE true");
+        push_text(&mut walk, needle, None);
+        walk.push(NEWEST_FIRST).push_bind(limit);
         let walked = walk.build().fetch_all(&self.pool).await?;
         if walked.len() as i64 == limit {
             return Ok(Some(walked));
         }
-        self.few_word_matches(query, page, limit, words, facets)
-            .await
+        self.few_matches(query, page, limit, needle, facets).await
     }
 
     /// The page, when words and facets together match at most [`FEW_MATCHES`] statements;
-    /// `None` when they match more. Both queries run with the planner held to the GIN index
-    /// (bitmap scans only), which is what makes the count cheap whatever word and filters the
-    /// statistics would misjudge.
-    async fn few_word_matches(
+    /// `None` when they match more. Both queries run with the planner held to bitmap scans of
+    /// the GIN index (and the memory to keep them exact), which is what makes the count cheap
+    /// whatever words and filters the statistics would misjudge.
+    async fn few_matches(
         &self,
         query: &StatementQuery,
         page: &StatementPage,
         limit: i64,
-        words: &[String],
+        needle: &Needle,
         facets: &str,
     ) -> StoreResult<Option<Vec<PgRow>>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL enable_seqscan = off")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SET LOCAL enable_indexscan = off")
-            .execute(&mut *tx)
-            .await?;
-        let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT 1 FROM recorded_statements r \
-             WHERE r.search @@ (plainto_tsquery('simple', $1) && $2::tsquery) LIMIT $3) m",
-        )
-        .bind(words.join(" "))
-        .bind(facets)
-        .bind(FEW_MATCHES + 1)
-        .fetch_one(&mut *tx)
-        .await?;
+        for setting in [
+            "SET LOCAL enable_seqscan = off",
+            "SET LOCAL enable_indexscan = off",
+            "SET LOCAL work_mem = '64MB'",
+        ] {
+            sqlx::query(setting).execute(&mut *tx).await?;
+        }
+        let mut count = QueryBuilder::<Postgres>::new(
+            "SELECT count(*) FROM (SELECT 1 FROM recorded_statements r WHERE true",
+        );
+        push_text(&mut count, needle, Some(facets));
+        count.push(" LIMIT ").push_bind(FEW_MATCHES + 1).push(") m");
+        let count: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
         if count > FEW_MATCHES {
             tx.rollback().await?;
             return Ok(None);
         }
         let mut sql = QueryBuilder::<Postgres>::new(SELECT_HITS);
-        sql.push(" WHERE r.search @@ (plainto_tsquery('simple', ")
-            .push_bind(words.join(" "))
-            .push(") && ")
-            .push_bind(facets.to_string())
-            .push("::tsquery)");
+        sql.push(" WHERE true");
+        push_text(&mut sql, needle, Some(facets));
         push_filters(&mut sql, query, page);
         sql.push(NEWEST_FIRST).push_bind(limit);
         let rows = sql.build().fetch_all(&mut *tx).await?;
@@ -374,28 +391,19 @@ impl SearchStore for PgStore {
         if limit == 0 || needle == Needle::Unmatchable {
             return Ok(Vec::new());
         }
-        if let (Needle::Words(words), Some(facets)) = (&needle, facets(query))
+        let facets = facets(query);
+        // Substrings are left to the planner: counting a common one through the trigram index
+        // costs more than walking the filters' statements (scripts/bench-search).
+        if let (Needle::Words(_), Some(facets)) = (&needle, &facets)
             && let Some(rows) = self
-                .words_with_filters(query, page, limit, words, &facets)
+                .words_with_filters(query, page, limit, &needle, facets)
                 .await?
         {
             return rows.iter().map(|row| hit_from_row(row, &needle)).collect();
         }
         let mut sql = QueryBuilder::<Postgres>::new(SELECT_HITS);
         sql.push(" WHERE true");
-        match &needle {
-            // plainto_tsquery reads any text as words joined by AND: nothing in it is syntax.
-            Needle::Words(words) => {
-                sql.push(" AND r.search @@ plainto_tsquery('simple', ")
-                    .push_bind(words.join(" "))
-                    .push(")");
-            }
-            Needle::Substring(text) => {
-                sql.push(" AND r.sql ILIKE ")
-                    .push_bind(contains_pattern(text));
-            }
-            Needle::Nothing | Needle::Unmatchable => {}
-        }
+        push_text(&mut sql, &needle, None);
         push_filters(&mut sql, query, page);
         sql.push(NEWEST_FIRST).push_bind(limit);
         let rows = sql.build().fetch_all(&self.pool).await?;
