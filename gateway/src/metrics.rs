@@ -33,6 +33,7 @@ pub const RECORDER_BATCH_EVENTS: &str = "pgbastion_recorder_batch_events";
 pub const RECORDER_COMMIT_DURATION: &str = "pgbastion_recorder_commit_duration_seconds";
 pub const RECORDER_EVENTS_DROPPED: &str = "pgbastion_recorder_events_dropped_total";
 pub const STORE_ERRORS: &str = "pgbastion_store_errors_total";
+pub const CANCEL_REQUESTS: &str = "pgbastion_cancel_requests_total";
 pub const BUILD_INFO: &str = "pgbastion_build_info";
 
 /// Bucket bounds of each histogram, for the exporter (`(name, upper bounds)`).
@@ -156,14 +157,17 @@ pub enum StoreOperation {
     Recording,
     /// Polling for revocations and termination requests.
     Poll,
+    /// Handing cancel requests to the other gateways, or watching for theirs.
+    Cancel,
 }
 
 impl StoreOperation {
-    const ALL: [StoreOperation; 4] = [
+    const ALL: [StoreOperation; 5] = [
         StoreOperation::Authentication,
         StoreOperation::Session,
         StoreOperation::Recording,
         StoreOperation::Poll,
+        StoreOperation::Cancel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +176,40 @@ impl StoreOperation {
             StoreOperation::Session => "session",
             StoreOperation::Recording => "recording",
             StoreOperation::Poll => "poll",
+            StoreOperation::Cancel => "cancel",
+        }
+    }
+}
+
+/// What became of a CancelRequest (label `step`). Each request a client sends counts as
+/// `received`, then as `applied` (its session is here), `forwarded` or `shed`; each one another
+/// gateway forwarded counts as `applied` by the gateway holding its session (and by no other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelStep {
+    /// A client sent it to this gateway.
+    Received,
+    /// Not for a session here: handed to the store for the other gateways.
+    Forwarded,
+    /// Not for a session here, and not forwarded: over the forwarding cap, or the store failed.
+    Shed,
+    /// For a live session here (from its client or from another gateway): sent to its server.
+    Applied,
+}
+
+impl CancelStep {
+    const ALL: [CancelStep; 4] = [
+        CancelStep::Received,
+        CancelStep::Forwarded,
+        CancelStep::Shed,
+        CancelStep::Applied,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelStep::Received => "received",
+            CancelStep::Forwarded => "forwarded",
+            CancelStep::Shed => "shed",
+            CancelStep::Applied => "applied",
         }
     }
 }
@@ -206,6 +244,7 @@ pub struct Metrics {
     pub recorder_commit_duration: Histogram,
     pub recorder_events_dropped: Counter,
     store_errors: [Counter; StoreOperation::ALL.len()],
+    cancel_requests: [Counter; CancelStep::ALL.len()],
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -245,6 +284,8 @@ impl Metrics {
             recorder_events_dropped: counter!(RECORDER_EVENTS_DROPPED),
             store_errors: StoreOperation::ALL
                 .map(|op| counter!(STORE_ERRORS, "operation" => op.as_str())),
+            cancel_requests: CancelStep::ALL
+                .map(|step| counter!(CANCEL_REQUESTS, "step" => step.as_str())),
         }
     }
 
@@ -268,6 +309,10 @@ impl Metrics {
 
     pub fn store_error(&self, operation: StoreOperation) -> &Counter {
         &self.store_errors[operation as usize]
+    }
+
+    pub fn cancel_request(&self, step: CancelStep) -> &Counter {
+        &self.cancel_requests[step as usize]
     }
 
     /// A session ended because its recording could not be kept as its policy demands.
@@ -344,6 +389,11 @@ fn describe() {
         "Recorded events the store never took (must stay 0)."
     );
     describe_counter!(STORE_ERRORS, "Failed store operations, by operation.");
+    describe_counter!(
+        CANCEL_REQUESTS,
+        "CancelRequests: received from clients, forwarded to the other gateways through the \
+         store, shed (not forwarded), applied to a session here."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the labels name the running version and commit."
@@ -378,6 +428,9 @@ mod tests {
         }
         for (i, op) in StoreOperation::ALL.iter().enumerate() {
             assert_eq!(*op as usize, i, "{}", op.as_str());
+        }
+        for (i, step) in CancelStep::ALL.iter().enumerate() {
+            assert_eq!(*step as usize, i, "{}", step.as_str());
         }
     }
 }

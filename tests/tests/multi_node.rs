@@ -3,20 +3,26 @@
 //! ports but the same key files. Real clients prove that a credential works on both gateways,
 //! that revoking it and terminating a session from the console reach the gateway holding the
 //! session within 2 s, that the console's live view follows a session of another process, and
-//! that a gateway with another signing key is refused. Also: a recording key rotated with its
-//! public half retired keeps old recordings verifiable, on the command line and in the console.
+//! that a gateway with another signing key is refused, and that a client's cancel sent to the
+//! other gateway (as a load balancer may send it) cancels its query. Also: a recording key
+//! rotated with its public half retired keeps old recordings verifiable, on the command line and
+//! in the console.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use harness::multi_node::{
-    add_local_account, connect, live_session, node, serve_refused, serve_role,
+    add_local_account, cancel_at, cancel_key, connect, counter, live_session, node, send_cancel,
+    serve_refused, serve_role,
 };
 use harness::pg::{self, PgCluster};
 use harness::web_client::WebClient;
-use harness::{Bastion, Lab};
+use harness::{Bastion, Lab, free_port};
 use reqwest::StatusCode;
 use serde_json::Value;
+use tempfile::TempDir;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -73,59 +79,86 @@ async fn ended_with_57p01(
     Ok(waited)
 }
 
+/// A PostgreSQL store, a target `shop` on a cluster of its own that alice may use, and the
+/// directory of the shared key files: what every deployment here starts from. The set-up is
+/// done with the CLI of the console node, the first process to load the keys (it creates the
+/// shared files, every later one reads them).
+struct Deployment {
+    store_url: String,
+    keys: TempDir,
+    console: Bastion,
+    _app: PgCluster,
+    _store: PgCluster,
+}
+
+impl Deployment {
+    fn set_up() -> Result<Deployment> {
+        let store = PgCluster::start()?;
+        store.create_database(harness::lab::PG_STORE_DB)?;
+        let store_url = store.superuser_url(harness::lab::PG_STORE_DB);
+        let app = PgCluster::start()?;
+        let keys = harness::scratch::temp_dir("pgbastion-shared-keys-")?;
+        let console = node(&store_url, keys.path(), &[])?;
+        console.cli_ok(&["person", "add", "alice", "--group", "dev"])?;
+        add_local_account(&console, ROOT, &["--admin"], ROOT_PASSWORD)?;
+        let port = app.port().to_string();
+        let out = console
+            .command(&[
+                "target",
+                "add",
+                "shop",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--database",
+                pg::APP_DB,
+                "--user",
+                pg::SCRAM_USER,
+                "--tls",
+                "disable",
+                "--password-env",
+                "UPSTREAM_SECRET",
+            ])
+            .env("UPSTREAM_SECRET", PgCluster::password(pg::SCRAM_USER))
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "target add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        console.cli_ok(&[
+            "grant",
+            "add",
+            "--target",
+            "shop",
+            "--person",
+            "alice",
+            "--role",
+            pg::SCRAM_USER,
+        ])?;
+        Ok(Deployment {
+            store_url,
+            keys,
+            console,
+            _app: app,
+            _store: store,
+        })
+    }
+
+    /// Another node on the store, with the shared keys and `extra` settings.
+    fn node(&self, extra: &[(&str, &str)]) -> Result<Bastion> {
+        node(&self.store_url, self.keys.path(), extra)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_and_a_console_share_one_postgres_store() -> Result<()> {
-    let store_cluster = PgCluster::start()?;
-    store_cluster.create_database(harness::lab::PG_STORE_DB)?;
-    let store_url = store_cluster.superuser_url(harness::lab::PG_STORE_DB);
-    let app = PgCluster::start()?;
-    let keys = harness::scratch::temp_dir("pgbastion-shared-keys-")?;
-
-    // The console node does the setup with the CLI: the first process to load the keys
-    // creates the shared files, every later one reads them.
-    let console = node(&store_url, keys.path(), &[])?;
-    console.cli_ok(&["person", "add", "alice", "--group", "dev"])?;
-    add_local_account(&console, ROOT, &["--admin"], ROOT_PASSWORD)?;
-    let port = app.port().to_string();
-    let out = console
-        .command(&[
-            "target",
-            "add",
-            "shop",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--database",
-            pg::APP_DB,
-            "--user",
-            pg::SCRAM_USER,
-            "--tls",
-            "disable",
-            "--password-env",
-            "UPSTREAM_SECRET",
-        ])
-        .env("UPSTREAM_SECRET", PgCluster::password(pg::SCRAM_USER))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "target add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    console.cli_ok(&[
-        "grant",
-        "add",
-        "--target",
-        "shop",
-        "--person",
-        "alice",
-        "--role",
-        pg::SCRAM_USER,
-    ])?;
-
-    let gw1 = node(&store_url, keys.path(), &[])?;
-    let gw2 = node(&store_url, keys.path(), &[])?;
-    let _console_process = serve_role(&console, "console")?;
+    let deployment = Deployment::set_up()?;
+    let console = &deployment.console;
+    let gw1 = deployment.node(&[])?;
+    let gw2 = deployment.node(&[])?;
+    let _console_process = serve_role(console, "console")?;
     let _gw1_process = serve_role(&gw1, "gateway")?;
     let _gw2_process = serve_role(&gw2, "gateway")?;
     ensure!(
@@ -136,11 +169,11 @@ async fn two_gateways_and_a_console_share_one_postgres_store() -> Result<()> {
         !harness::process::port_open(gw1.console_addr()),
         "a gateway process serves the console"
     );
-    let store = gateway::store::open(&store_url).await?;
+    let store = gateway::store::open(&deployment.store_url).await?;
 
     // One credential, minted with the shared signing key, works on both gateways; the
     // upstream password the console node sealed opens on both.
-    let token = issue(&console)?;
+    let token = issue(console)?;
     let on_gw1 = connect(&gw1, "alice", "shop", &token, "revoke-gw1").await?;
     let on_gw2 = connect(&gw2, "alice", "shop", &token, "revoke-gw2").await?;
     on_gw1.simple_query("SELECT 1").await?;
@@ -162,7 +195,7 @@ async fn two_gateways_and_a_console_share_one_postgres_store() -> Result<()> {
     );
 
     // An admin ends a session of gateway 2 from the console; gateway 1's session goes on.
-    let token = issue(&console)?;
+    let token = issue(console)?;
     let stays = connect(&gw1, "alice", "shop", &token, "stays-gw1").await?;
     let ends = connect(&gw2, "alice", "shop", &token, "ends-gw2").await?;
     ends.simple_query("SELECT 1").await?;
@@ -211,7 +244,7 @@ async fn two_gateways_and_a_console_share_one_postgres_store() -> Result<()> {
 
     // A gateway with a signing key of its own is refused, naming the key and both
     // fingerprints.
-    let mut rogue = node(&store_url, keys.path(), &[])?;
+    let mut rogue = deployment.node(&[])?;
     let own_key = rogue.data_path().join("own-signing.key");
     rogue.set_env(
         "PGBASTION_CREDENTIALS_SIGNING_KEY",
@@ -231,6 +264,96 @@ async fn two_gateways_and_a_console_share_one_postgres_store() -> Result<()> {
         .filter(|word| word.len() == 64)
         .count();
     ensure!(fingerprints >= 2, "both fingerprints are named:\n{log}");
+    Ok(())
+}
+
+/// A gateway node whose metrics (the cancel counters) are served at the address returned.
+fn gateway_with_metrics(deployment: &Deployment) -> Result<(Bastion, SocketAddr)> {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let bastion = deployment.node(&[("PGBASTION_GATEWAY_METRICS_LISTEN", &metrics.to_string())])?;
+    Ok((bastion, metrics))
+}
+
+fn cancel_requests(step: &str) -> String {
+    format!("pgbastion_cancel_requests_total{{step=\"{step}\"}}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_the_other_gateway_cancels_the_query_and_a_wrong_secret_does_not()
+-> Result<()> {
+    let deployment = Deployment::set_up()?;
+    let (gw1, gw1_metrics) = gateway_with_metrics(&deployment)?;
+    let (gw2, gw2_metrics) = gateway_with_metrics(&deployment)?;
+    let _gw1_process = serve_role(&gw1, "gateway")?;
+    let _gw2_process = serve_role(&gw2, "gateway")?;
+    harness::wait_for_port(gw1_metrics, Duration::from_secs(10))?;
+    harness::wait_for_port(gw2_metrics, Duration::from_secs(10))?;
+
+    // The session is on gateway 1; its cancels go to gateway 2.
+    let token = issue(&deployment.console)?;
+    let client = Arc::new(connect(&gw1, "alice", "shop", &token, "cancel-gw1").await?);
+    let cancel_token = client.cancel_token();
+    let (process_id, secret) = cancel_key(&cancel_token).await?;
+    let sleeper = client.clone();
+    let statement = tokio::spawn(async move {
+        sleeper
+            .simple_query("SELECT pg_sleep(30)")
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Wrong secrets, one flipped bit and all of them: forwarded, and ignored by gateway 1. Had
+    // one been applied, the statement would end within REACH.
+    send_cancel(gw2.gateway_addr(), (process_id, secret ^ 1)).await?;
+    send_cancel(gw2.gateway_addr(), (process_id, !secret)).await?;
+    tokio::time::sleep(REACH).await;
+    ensure!(
+        !statement.is_finished(),
+        "a cancel with a wrong secret ended the statement: {:?}",
+        statement.await?
+    );
+
+    // The client's own cancel token, its connection made to gateway 2.
+    let asked = Instant::now();
+    cancel_at(&cancel_token, gw2.gateway_addr()).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), statement)
+        .await
+        .context("the cancelled statement did not end within 10 s")??;
+    let took = asked.elapsed();
+    let err = match answer {
+        Ok(()) => bail!("the statement finished normally after {took:?}"),
+        Err(err) => err,
+    };
+    let db = err
+        .as_db_error()
+        .with_context(|| format!("no server error but {err:?}"))?;
+    ensure!(
+        db.code() == &SqlState::QUERY_CANCELED && db.severity() == "ERROR",
+        "{db:?}"
+    );
+    eprintln!("a cancel sent to gateway 2 cancelled the query on gateway 1 after {took:?}");
+    ensure!(took < REACH, "the cancel took {took:?}");
+
+    // The session goes on: a cancel ends a statement, not a session.
+    let rows = client.simple_query("SELECT 'still here'").await?;
+    ensure!(
+        rows.iter().any(|m| matches!(
+            m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("still here")
+        )),
+        "after the cancel: {rows:?}"
+    );
+
+    // Gateway 2 received three and forwarded them; gateway 1 received none from clients and
+    // applied one.
+    for (step, expected) in [("received", 3.0), ("forwarded", 3.0), ("applied", 0.0)] {
+        let got = counter(gw2_metrics, &cancel_requests(step)).await?;
+        ensure!(got == expected, "gateway 2 {step}: {got}, not {expected}");
+    }
+    for (step, expected) in [("received", 0.0), ("forwarded", 0.0), ("applied", 1.0)] {
+        let got = counter(gw1_metrics, &cancel_requests(step)).await?;
+        ensure!(got == expected, "gateway 1 {step}: {got}, not {expected}");
+    }
     Ok(())
 }
 

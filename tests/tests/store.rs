@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, TimeZone, Utc};
+use gateway::store::cancel::{CancelKey, CancelStore};
 use gateway::store::{
     Credential, EndReason, GrantSubject, MAX_TERMINATION_REASON_CHARS, NewGrant, NewSession,
     NewTarget, RecordingPolicy, RecordingSeal, SessionEnd, SessionFilter, SessionPage,
@@ -107,7 +108,8 @@ on_both_engines!(
     termination_of_an_ended_or_unknown_session_changes_nothing,
     termination_requests_need_a_bounded_reason_and_a_requester,
     sessions_keep_their_groups_and_are_found_by_group,
-    retention_of_a_target_is_set_and_cleared;
+    retention_of_a_target_is_set_and_cleared,
+    cancel_requests_reach_every_watcher_in_order_from_the_moment_it_watches;
     with_raw_sql:
     corrupt_blocks_are_reported_as_corrupt_naming_the_block,
     a_session_missing_a_block_reads_on_after_the_gap,
@@ -2201,4 +2203,116 @@ async fn retention_of_a_target_is_set_and_cleared(store: Arc<dyn Store>) -> Resu
         Err(StoreError::NotFound { what: "target", .. })
     ));
     Ok(())
+}
+
+// --- Cancel requests between gateways ---
+
+/// How often a SQLite watcher looks in these tests (a gateway uses its revocation poll).
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+fn cancel_key(process_id: i32, secret_key: i32) -> CancelKey {
+    CancelKey {
+        process_id,
+        secret_key,
+    }
+}
+
+/// The next key a watcher passes on, within 5 s.
+async fn next_cancel(watch: &mut Receiver<CancelKey>) -> Result<CancelKey> {
+    tokio::time::timeout(Duration::from_secs(5), watch.recv())
+        .await
+        .context("no cancel request within 5 s")?
+        .context("the watch ended")
+}
+
+/// Fails if the watcher passes on anything within a few of its polls.
+async fn no_more_cancels(watch: &mut Receiver<CancelKey>) -> Result<()> {
+    match tokio::time::timeout(CANCEL_POLL * 10, watch.recv()).await {
+        Err(_) => Ok(()),
+        Ok(extra) => bail!("unexpected: {extra:?}"),
+    }
+}
+
+async fn cancel_requests_reach_every_watcher_in_order_from_the_moment_it_watches(
+    store: Arc<dyn Store>,
+) -> Result<()> {
+    // Made before anyone watched: nobody is told (it would come first if it were).
+    store.request_cancels(&[cancel_key(1, 11)]).await?;
+    let mut first = store.watch_cancel_requests(CANCEL_POLL).await?;
+    let mut second = store.watch_cancel_requests(CANCEL_POLL).await?;
+    store.request_cancels(&[]).await?;
+    let sent = [
+        cancel_key(2, -22),
+        cancel_key(i32::MAX, i32::MIN),
+        cancel_key(-3, 0),
+    ];
+    store.request_cancels(&sent[..2]).await?;
+    store.request_cancels(&sent[2..]).await?;
+    for watch in [&mut first, &mut second] {
+        for expected in sent {
+            assert_eq!(next_cancel(watch).await?, expected);
+        }
+        no_more_cancels(watch).await?;
+    }
+    // One watcher gone does not stop the other.
+    drop(first);
+    store.request_cancels(&[cancel_key(4, 44)]).await?;
+    assert_eq!(next_cancel(&mut second).await?, cancel_key(4, 44));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_cancel_requests_are_kept_seconds_and_stale_ones_are_never_passed_on() -> Result<()>
+{
+    let engine = Engine::sqlite().await?;
+    let raw = engine.raw();
+    let mut watch = engine.store.watch_cancel_requests(CANCEL_POLL).await?;
+    // A row from a minute ago, as a gateway that stopped mid-write would leave: too late to
+    // cancel what its client meant, so not passed on, and gone with the next request.
+    let minute_ago = (Utc::now() - chrono::TimeDelta::minutes(1))
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    raw.run(&[&format!(
+        "INSERT INTO cancel_requests (process_id, secret_key, requested_at) \
+         VALUES (5, 55, '{minute_ago}')"
+    )])?;
+    // Polls go by with the stale row in the table.
+    tokio::time::sleep(CANCEL_POLL * 5).await;
+    engine.store.request_cancels(&[cancel_key(6, 66)]).await?;
+    assert_eq!(next_cancel(&mut watch).await?, cancel_key(6, 66));
+    no_more_cancels(&mut watch).await?;
+    assert_eq!(
+        raw.run(&["SELECT process_id FROM cancel_requests"])?,
+        vec!["6".to_owned()]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_cancel_watch_outlasts_a_store_outage() -> Result<()> {
+    let mut cluster = PgCluster::start()?;
+    cluster.create_database(PG_DB)?;
+    let store = PgStore::open(&cluster.superuser_url(PG_DB)).await?;
+    let mut watch = store.watch_cancel_requests(CANCEL_POLL).await?;
+    cluster.stop()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_again()?;
+    // Requests made while the watch was reconnecting are lost: keep asking until one arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for process_id in 1.. {
+        if store
+            .request_cancels(&[cancel_key(process_id, 7)])
+            .await
+            .is_ok()
+            && let Ok(Some(key)) =
+                tokio::time::timeout(Duration::from_millis(500), watch.recv()).await
+        {
+            assert_eq!(key.secret_key, 7);
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    bail!("no cancel request came through within 30 s of the store's restart")
 }

@@ -423,6 +423,20 @@ impl crate::store::SearchStore for FakeStore {
     }
 }
 
+/// `issue` never cancels queries.
+#[async_trait]
+impl crate::store::cancel::CancelStore for FakeStore {
+    async fn request_cancels(&self, _: &[crate::store::cancel::CancelKey]) -> StoreResult<()> {
+        unreachable!("cancel requests")
+    }
+    async fn watch_cancel_requests(
+        &self,
+        _: std::time::Duration,
+    ) -> StoreResult<tokio::sync::mpsc::Receiver<crate::store::cancel::CancelKey>> {
+        unreachable!("cancel requests")
+    }
+}
+
 #[async_trait]
 impl Store for FakeStore {
     fn engine(&self) -> &'static str {

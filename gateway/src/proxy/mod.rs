@@ -4,9 +4,10 @@
 //! [`auth`] (the credential) → [`upstream`] (the gateway's own login to the target) →
 //! [`relay`] (frames both ways, each shown to the recorder tap). [`registry`] holds live
 //! sessions for cancel requests and for stopping sessions whose credential was revoked or that
-//! an admin terminated.
+//! an admin terminated; [`cancel`] passes cancel requests between the gateways of one store.
 
 pub mod auth;
+pub mod cancel;
 pub mod framed;
 pub mod handshake;
 pub mod registry;
@@ -77,8 +78,9 @@ pub async fn serve(
     services: Services,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
+    let (forwarder, forwarded) = cancel::Forwarder::new();
     let shared = Arc::new(Shared {
-        registry: Arc::new(Registry::default()),
+        registry: Arc::new(Registry::forwarding_to(forwarder)),
         config: services.config,
         store: services.store,
         signer: services.signer,
@@ -91,6 +93,15 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let stop_watching = CancellationToken::new();
     tokio::spawn(watch_stop_requests(shared.clone(), stop_watching.clone()));
+    tokio::spawn(cancel::forward_to_store(
+        shared.store.clone(),
+        forwarded,
+        stop_watching.clone(),
+    ));
+    tokio::spawn(cancel::apply_from_store(
+        shared.clone(),
+        stop_watching.clone(),
+    ));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -2,8 +2,9 @@
 //!
 //! The gateway hands each client its own (process id, secret) pair, so a client never learns the
 //! upstream backend's key, and a CancelRequest is routed to the right server with the upstream
-//! key. Stop switches end sessions whose credential was revoked, that an admin terminated, or
-//! that are still running at shutdown.
+//! key. A key that matches no session here goes to the [`Forwarder`]: another gateway sharing
+//! the store may hold its session (see [`super::cancel`]). Stop switches end sessions whose
+//! credential was revoked, that an admin terminated, or that are still running at shutdown.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,9 @@ use rand::Rng;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::cancel::Forwarder;
+use crate::metrics::{self, CancelStep};
+use crate::store::cancel::CancelKey;
 use crate::store::{EndReason, Target, Termination};
 
 /// Why the gateway ends a session, and what the client is told (also the detail of the
@@ -87,12 +91,33 @@ impl Drop for Registration {
     }
 }
 
+/// What a cancel key finds among the live sessions here.
+enum Lookup {
+    /// A live session with this key, and the target and upstream key to cancel it with.
+    Cancellable(Arc<Target>, (i32, i32)),
+    /// A live session with this key whose server gave no key of its own: nothing to cancel.
+    NoUpstreamKey,
+    /// No live session here has this key (the process id may be another gateway's, and a wrong
+    /// secret is treated the same: process ids of different gateways may collide).
+    NotHere,
+}
+
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<i32, LiveSession>>,
+    /// Where cancel keys not held here go; `None`: this process is the only gateway there is.
+    elsewhere: Option<Forwarder>,
 }
 
 impl Registry {
+    /// A registry that hands the cancel keys it does not hold to `forwarder`.
+    pub fn forwarding_to(forwarder: Forwarder) -> Registry {
+        Registry {
+            sessions: Mutex::default(),
+            elsewhere: Some(forwarder),
+        }
+    }
+
     /// Registers a session with a fresh random cancel key.
     pub fn register(
         self: &Arc<Self>,
@@ -131,20 +156,66 @@ impl Registry {
         }
     }
 
-    /// The target and upstream key to cancel for this client key, if it matches a live session.
+    /// The target and upstream key to cancel for a key a client sent here, if it matches a
+    /// live session here. A key that does not is handed to the forwarder, for the other
+    /// gateways; the caller only sees `None`, as it answers the client nothing either way.
     pub fn cancel_route(
         &self,
         process_id: i32,
         secret_key: i32,
     ) -> Option<(Arc<Target>, (i32, i32))> {
+        let m = metrics::get();
+        m.cancel_request(CancelStep::Received).increment(1);
+        match self.lookup(process_id, secret_key) {
+            Lookup::Cancellable(target, key) => {
+                m.cancel_request(CancelStep::Applied).increment(1);
+                Some((target, key))
+            }
+            Lookup::NoUpstreamKey => None,
+            Lookup::NotHere => {
+                let key = CancelKey {
+                    process_id,
+                    secret_key,
+                };
+                match &self.elsewhere {
+                    Some(forwarder) => {
+                        forwarder.forward(key);
+                    }
+                    None => m.cancel_request(CancelStep::Shed).increment(1),
+                }
+                None
+            }
+        }
+    }
+
+    /// [`Registry::cancel_route`] for a key another gateway forwarded through the store: one
+    /// that matches nothing here is dropped, never forwarded again (no request goes round).
+    pub fn forwarded_cancel_route(&self, key: CancelKey) -> Option<(Arc<Target>, (i32, i32))> {
+        match self.lookup(key.process_id, key.secret_key) {
+            Lookup::Cancellable(target, upstream_key) => {
+                metrics::get()
+                    .cancel_request(CancelStep::Applied)
+                    .increment(1);
+                Some((target, upstream_key))
+            }
+            Lookup::NoUpstreamKey | Lookup::NotHere => None,
+        }
+    }
+
+    fn lookup(&self, process_id: i32, secret_key: i32) -> Lookup {
         let sessions = self.sessions.lock().expect("registry lock");
-        let s = sessions.get(&process_id)?;
+        let Some(s) = sessions.get(&process_id) else {
+            return Lookup::NotHere;
+        };
         // Constant-time comparison: the secret is the only thing that authorises a cancel.
         let diff = (s.secret_key ^ secret_key) as u32;
         if diff != 0 {
-            return None;
+            return Lookup::NotHere;
         }
-        Some((s.target.clone(), s.upstream_key?))
+        match s.upstream_key {
+            Some(key) => Lookup::Cancellable(s.target.clone(), key),
+            None => Lookup::NoUpstreamKey,
+        }
     }
 
     /// Stops every live session holding this credential; returns how many.
@@ -228,6 +299,84 @@ mod tests {
         assert_eq!(key, (42, 4242));
         drop(reg);
         assert!(registry.is_empty());
+    }
+
+    /// A registry forwarding to a queue the test reads.
+    fn forwarding() -> (Arc<Registry>, tokio::sync::mpsc::Receiver<CancelKey>) {
+        let (forwarder, queued) = Forwarder::new();
+        (Arc::new(Registry::forwarding_to(forwarder)), queued)
+    }
+
+    #[test]
+    fn a_key_not_held_here_is_forwarded_once_and_a_held_one_never() {
+        let (registry, mut queued) = forwarding();
+        let reg = registry.register(Uuid::new_v4(), Uuid::new_v4(), target(), Some((42, 4242)));
+        assert!(
+            registry
+                .cancel_route(reg.process_id, reg.secret_key)
+                .is_some()
+        );
+        assert!(queued.try_recv().is_err(), "held here: nothing forwarded");
+
+        let unknown = CancelKey {
+            process_id: reg.process_id.wrapping_add(1),
+            secret_key: 5,
+        };
+        assert!(
+            registry
+                .cancel_route(unknown.process_id, unknown.secret_key)
+                .is_none()
+        );
+        assert_eq!(queued.try_recv().ok(), Some(unknown));
+
+        // A wrong secret may be a session of another gateway with the same process id.
+        let wrong_secret = CancelKey {
+            process_id: reg.process_id,
+            secret_key: reg.secret_key ^ 1,
+        };
+        assert!(
+            registry
+                .cancel_route(wrong_secret.process_id, wrong_secret.secret_key)
+                .is_none()
+        );
+        assert_eq!(queued.try_recv().ok(), Some(wrong_secret));
+    }
+
+    #[test]
+    fn a_forwarded_key_is_applied_here_or_dropped_but_never_forwarded_again() {
+        let (registry, mut queued) = forwarding();
+        let reg = registry.register(Uuid::new_v4(), Uuid::new_v4(), target(), Some((42, 4242)));
+        let held = CancelKey {
+            process_id: reg.process_id,
+            secret_key: reg.secret_key,
+        };
+        let (_, upstream_key) = registry.forwarded_cancel_route(held).unwrap();
+        assert_eq!(upstream_key, (42, 4242));
+        for other in [
+            CancelKey {
+                secret_key: reg.secret_key.wrapping_add(1),
+                ..held
+            },
+            CancelKey {
+                process_id: reg.process_id.wrapping_add(1),
+                ..held
+            },
+        ] {
+            assert!(registry.forwarded_cancel_route(other).is_none());
+        }
+        assert!(queued.try_recv().is_err(), "nothing went back to the store");
+    }
+
+    #[test]
+    fn a_session_without_an_upstream_key_is_neither_cancelled_nor_forwarded() {
+        let (registry, mut queued) = forwarding();
+        let reg = registry.register(Uuid::new_v4(), Uuid::new_v4(), target(), None);
+        assert!(
+            registry
+                .cancel_route(reg.process_id, reg.secret_key)
+                .is_none()
+        );
+        assert!(queued.try_recv().is_err());
     }
 
     fn request(by: &str, reason: &str) -> Termination {

@@ -6,6 +6,7 @@
 //! (`tests/tests/store.rs`) runs against both.
 
 mod blocks;
+pub mod cancel;
 pub mod console;
 pub mod models;
 pub mod postgres;
@@ -58,7 +59,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything pgbastion keeps. Implementations must be safe to share between tasks and between
 /// several gateway processes (PostgreSQL engine). The console's tables are in [`ConsoleStore`].
 #[async_trait]
-pub trait Store: ConsoleStore + SearchStore + Send + Sync + 'static {
+pub trait Store: ConsoleStore + SearchStore + cancel::CancelStore + Send + Sync + 'static {
     /// Which engine this is ("sqlite" or "postgres"), for logs and `status`.
     fn engine(&self) -> &'static str;
 
