@@ -1,4 +1,4 @@
--- Search filters inside the word index (the index in 0007_statement_index.sql).
+-- Search filters inside the word and trigram indexes (both in 0007_statement_index.sql).
 --
 -- A common word searched with a filter it rarely or never meets (class = write and "select")
 -- is the planner's blind spot: it takes word and filter to be independent, expects a match
@@ -29,3 +29,13 @@ ALTER TABLE recorded_statements ADD COLUMN search tsvector GENERATED ALWAYS AS (
     ])
 ) STORED;
 CREATE INDEX recorded_statements_search_idx ON recorded_statements USING gin (search);
+
+-- Substrings with filters, likewise: the trigram index also holds the filtered columns (their
+-- values as GIN keys, through btree_gin, which ships with PostgreSQL and is trusted like
+-- pg_trgm), so one index scan intersects "ustomer" with class = 'utility'. The index still
+-- answers a substring alone: GIN uses any subset of its columns.
+CREATE EXTENSION IF NOT EXISTS btree_gin;
+DROP INDEX recorded_statements_sql_trgm_idx;
+CREATE INDEX recorded_statements_sql_trgm_idx ON recorded_statements USING gin (
+    sql gin_trgm_ops, class, person_login, target_name, session_id, has_error, risky
+);

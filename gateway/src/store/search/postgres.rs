@@ -4,13 +4,14 @@
 //! The planner chooses between the GIN index of the words (or the trigrams of the SQL) and
 //! walking the newest statements through the index of the filters, from the statistics ANALYZE
 //! keeps of how common each word is. It takes text and filters to be independent, so a common
-//! word with a filter it never meets looks cheap to walk for and is not. A search for words
-//! with filters therefore reads the newest [`WALK`] statements passing the filters and checks them
+//! word with a filter it never meets looks cheap to walk for and is not. A search for text with
+//! filters therefore reads the newest [`WALK`] statements passing the filters and checks them
 //! for the text: when text and filters meet often, that fills the page. When it does not, it
 //! counts the statements matching both through the GIN index holding the words and the
-//! filters' facets (lexemes of the tsvector, migration 0012). Up to [`FEW_MATCHES`] of them are
+//! filters' facets (lexemes of the tsvector), or for a substring through the trigram index that
+//! also holds the filtered columns (both migration 0012). Up to [`FEW_MATCHES`] of them are
 //! fetched and sorted; more (they met often, but not lately), and the planner's plan finds
-//! them. Substrings are left to the planner.
+//! them.
 
 use std::collections::HashMap;
 
@@ -81,6 +82,39 @@ fn md5_hex(text: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Whether `query` has filters on columns of the trigram index (migration 0012).
+fn has_trigram_filters(query: &StatementQuery) -> bool {
+    query.session_id.is_some()
+        || query.person.is_some()
+        || query.target.is_some()
+        || query.class.is_some()
+        || query.has_error.is_some()
+        || query.risky.is_some()
+}
+
+/// The filters on columns of the trigram index, spelled as its operator classes match them
+/// (`has_error = true`, where [`push_filters`] writes `has_error` for the partial indexes).
+fn push_trigram_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery) {
+    if let Some(id) = query.session_id {
+        sql.push(" AND r.session_id = ").push_bind(id);
+    }
+    if let Some(person) = &query.person {
+        sql.push(" AND r.person_login = ").push_bind(person.clone());
+    }
+    if let Some(target) = &query.target {
+        sql.push(" AND r.target_name = ").push_bind(target.clone());
+    }
+    if let Some(class) = query.class {
+        sql.push(" AND r.class = ").push_bind(class_name(class));
+    }
+    if let Some(has_error) = query.has_error {
+        sql.push(" AND r.has_error = ").push_bind(has_error);
+    }
+    if let Some(risky) = query.risky {
+        sql.push(" AND r.risky = ").push_bind(risky);
+    }
 }
 
 /// The condition on the text searched for: words (with the filters' `facets`, when given) or a
@@ -154,15 +188,15 @@ const SELECT_HITS: &str = "SELECT r.session_id, r.seq, r.at, r.person_login, r.t
 const NEWEST_FIRST: &str = " ORDER BY r.at DESC, r.session_id DESC, r.seq DESC LIMIT ";
 
 impl PgStore {
-    /// The page of a search for words under filters with these `facets` (see the module
-    /// documentation); `None` when the planner's plan should find it.
-    async fn words_with_filters(
+    /// The page of a search for text under filters (see the module documentation); `None` when
+    /// the planner's plan should find it. `facets`: those of the filters, for words.
+    async fn text_with_filters(
         &self,
         query: &StatementQuery,
         page: &StatementPage,
         limit: i64,
         needle: &Needle,
-        facets: &str,
+        facets: Option<&str>,
     ) -> StoreResult<Option<Vec<PgRow>>> {
         let mut walk = QueryBuilder::<Postgres>::new(SELECT_HITS.replace(
             "FROM recorded_statements r",
@@ -181,17 +215,19 @@ impl PgStore {
         self.few_matches(query, page, limit, needle, facets).await
     }
 
-    /// The page, when words and facets together match at most [`FEW_MATCHES`] statements;
-    /// `None` when they match more. Both queries run with the planner held to bitmap scans of
-    /// the GIN index (and the memory to keep them exact), which is what makes the count cheap
-    /// whatever words and filters the statistics would misjudge.
+    /// The page, when text and filters together match at most [`FEW_MATCHES`] statements;
+    /// `None` when they match more. Both queries run with the planner held to bitmap scans (and
+    /// the memory to keep them exact) of one GIN index that holds text and filters: the words
+    /// with the facets, or the trigrams with the filtered columns (migration 0012). GIN
+    /// intersects them itself, skipping through the longer list, which is what makes the count
+    /// cheap whatever text and filters the statistics would misjudge.
     async fn few_matches(
         &self,
         query: &StatementQuery,
         page: &StatementPage,
         limit: i64,
         needle: &Needle,
-        facets: &str,
+        facets: Option<&str>,
     ) -> StoreResult<Option<Vec<PgRow>>> {
         let mut tx = self.pool.begin().await?;
         for setting in [
@@ -204,7 +240,10 @@ impl PgStore {
         let mut count = QueryBuilder::<Postgres>::new(
             "SELECT count(*) FROM (SELECT 1 FROM recorded_statements r WHERE true",
         );
-        push_text(&mut count, needle, Some(facets));
+        push_text(&mut count, needle, facets);
+        if let Needle::Substring(_) = needle {
+            push_trigram_filters(&mut count, query);
+        }
         count.push(" LIMIT ").push_bind(FEW_MATCHES + 1).push(") m");
         let count: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
         if count > FEW_MATCHES {
@@ -213,7 +252,10 @@ impl PgStore {
         }
         let mut sql = QueryBuilder::<Postgres>::new(SELECT_HITS);
         sql.push(" WHERE true");
-        push_text(&mut sql, needle, Some(facets));
+        push_text(&mut sql, needle, facets);
+        if let Needle::Substring(_) = needle {
+            push_trigram_filters(&mut sql, query);
+        }
         push_filters(&mut sql, query, page);
         sql.push(NEWEST_FIRST).push_bind(limit);
         let rows = sql.build().fetch_all(&mut *tx).await?;
@@ -392,11 +434,14 @@ impl SearchStore for PgStore {
             return Ok(Vec::new());
         }
         let facets = facets(query);
-        // Substrings are left to the planner: counting a common one through the trigram index
-        // costs more than walking the filters' statements (scripts/bench-search).
-        if let (Needle::Words(_), Some(facets)) = (&needle, &facets)
+        let filtered_text = match &needle {
+            Needle::Words(_) => facets.is_some(),
+            Needle::Substring(_) => has_trigram_filters(query),
+            Needle::Nothing | Needle::Unmatchable => false,
+        };
+        if filtered_text
             && let Some(rows) = self
-                .words_with_filters(query, page, limit, &needle, facets)
+                .text_with_filters(query, page, limit, &needle, facets.as_deref())
                 .await?
         {
             return rows.iter().map(|row| hit_from_row(row, &needle)).collect();
