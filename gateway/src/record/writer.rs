@@ -455,6 +455,12 @@ impl Writer {
     async fn write_backlog(&mut self) -> bool {
         while !self.backlog.is_empty() {
             let n = self.backlog.len().min(MAX_BATCH);
+            // Sessions' chunks arrive interleaved; the store keeps a session's consecutive
+            // events as one block (one row), so each session's events go together. The sort is
+            // stable: every session keeps its order. Without it a batch of many busy sessions
+            // was hundreds of blocks of a few events, and SQLite spent most of the recorder's
+            // time on rows and index entries.
+            self.backlog.make_contiguous()[..n].sort_by_key(|e| e.session_id);
             let started = Instant::now();
             let appended = self.append_front(n).await;
             let m = metrics::get();
