@@ -37,9 +37,8 @@ use crate::record::{Direction, RecordingFailed, Release, SessionTap};
 pub const STREAM_THRESHOLD: usize = 1024 * 1024;
 /// The most a read asks room for; TLS records carry at most 16 KiB of plaintext.
 const READ_CHUNK: usize = 32 * 1024;
-/// The least: what an idle session holds per direction. Room grows (doubling) while reads fill
-/// it and shrinks back while they stay small, so thousands of idle sessions do not each keep
-/// 64 KiB of buffers they never use.
+/// The least a read asks room for. Room grows (doubling) while reads fill it and shrinks back
+/// while they stay small; a session waiting with nothing buffered holds no buffer at all.
 const MIN_READ: usize = 4 * 1024;
 
 /// Why the relay stopped.
@@ -209,6 +208,13 @@ impl Pump {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e.into()))),
                 Poll::Pending => {
+                    // Nothing held and nothing to read: the session waits, maybe for hours,
+                    // so it gives its buffer back (reads are readiness-based: the next one
+                    // allocates when data is there). Thousands of idle sessions then hold no
+                    // relay buffers at all.
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new();
+                    }
                     if self.need_flush {
                         ready!(dst.as_mut().poll_flush(cx)).map_err(|e| (false, e.into()))?;
                         self.need_flush = false;
