@@ -24,7 +24,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
 use gateway::record::integrity::assess;
-use gateway::store::{AccessRequest, Credential, RequestStatus, Session};
+use gateway::store::{AccessRequest, Credential, EndReason, RequestStatus, Session};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -127,19 +127,29 @@ pub struct ShowQuery {
     seq: Option<i64>,
 }
 
-/// A termination asked for and not carried out yet, in words.
-async fn pending_termination(state: &AppState, session: &Session) -> ConsoleResult<Option<String>> {
-    if session.ended_at.is_some() {
-        return Ok(None);
-    }
-    let since = session.started_at;
-    let asked = state.store.terminations_since(since).await?;
+/// A termination asked for, in words: still to be carried out while the session runs, or how it
+/// ended (the gateway may act on it before the admin's redirected page loads).
+async fn termination_notice(state: &AppState, session: &Session) -> ConsoleResult<Option<String>> {
+    let carried_out = match (session.ended_at, session.end_reason) {
+        (None, _) => false,
+        (Some(_), Some(EndReason::Terminated)) => true,
+        (Some(_), _) => return Ok(None),
+    };
+    let asked = state.store.terminations_since(session.started_at).await?;
     Ok(asked
         .into_iter()
         .find(|t| t.session_id == session.id)
         .map(|t| {
+            let (asked, then) = if carried_out {
+                ("Ended", "The gateway has ended the session.")
+            } else {
+                (
+                    "Ending",
+                    "The gateway ends the session within a few seconds.",
+                )
+            };
             format!(
-                "{} asked to end it at {}: {}",
+                "{asked}: {} asked to end it at {}: {}. {then}",
                 t.requested_by,
                 time(t.requested_at),
                 t.reason
@@ -191,7 +201,7 @@ pub async fn show(
         credential: credential.as_ref().map(credential_view),
         seq: q.seq.map(|s| s.to_string()).unwrap_or_default(),
         can_terminate: s.ended_at.is_none() && terminate::may_terminate(&state, &viewer),
-        termination: pending_termination(&state, &s).await?,
+        termination: termination_notice(&state, &s).await?,
         integrity: integrity.label(),
         integrity_css: integrity.css(),
         integrity_explain: integrity.explain(),
