@@ -211,9 +211,11 @@ impl Pump {
                     // Nothing held and nothing to read: the session waits, maybe for hours,
                     // so it gives its buffer back (reads are readiness-based: the next one
                     // allocates when data is there). Thousands of idle sessions then hold no
-                    // relay buffers at all.
+                    // relay buffers at all. `out` goes too: written out, it is empty, but it
+                    // still shares (and so keeps alive) the allocation it was cut from.
                     if self.buf.is_empty() {
                         self.buf = BytesMut::new();
+                        self.out = Bytes::new();
                     }
                     if self.need_flush {
                         ready!(dst.as_mut().poll_flush(cx)).map_err(|e| (false, e.into()))?;

@@ -53,9 +53,15 @@ pub async fn handle(
     let _ = tcp.set_nodelay(true);
     let gw = &shared.config.gateway;
     let deadline = Instant::now() + Duration::from_secs(gw.auth_timeout_secs);
+    // The startup and login phases are boxed: a session's task is as big as its largest
+    // state, and they are only needed for a moment while the relay state lives for hours.
     let opening = match timeout_at(
         deadline,
-        handshake::open(tcp, &shared.tls, gw.max_startup_packet_bytes),
+        Box::pin(handshake::open(
+            tcp,
+            &shared.tls,
+            gw.max_startup_packet_bytes,
+        )),
     )
     .await
     {
@@ -92,7 +98,7 @@ pub async fn handle(
                 let mut buf = BytesMut::new();
                 match timeout_at(
                     deadline,
-                    auth::authenticate(&mut stream, &mut buf, &startup, &shared),
+                    Box::pin(auth::authenticate(&mut stream, &mut buf, &startup, &shared)),
                 )
                 .await
                 {
@@ -311,7 +317,7 @@ async fn run(
 
     let upstream = match timeout_at(
         deadline.min(upstream_deadline(shared)),
-        login_upstream(&startup, &authorized, session_id, shared),
+        Box::pin(login_upstream(&startup, &authorized, session_id, shared)),
     )
     .await
     {
