@@ -7,10 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// See web/Cargo.toml for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
