@@ -85,8 +85,9 @@ impl Capture {
         out: &mut Vec<EventKind>,
     ) {
         let (sql, _) = r.cstr_or_rest();
-        // The terminator is part of the body, not of the SQL.
-        let captured = self.capture_sql(sql, body_len.saturating_sub(1));
+        // The terminator is part of the body, not of the SQL; a body without one (malformed)
+        // is SQL to its end.
+        let captured = self.capture_sql(sql, body_len.saturating_sub(1).max(sql.len()));
         // A simple Query destroys the unnamed statement and portal.
         self.statements.remove("");
         self.portals.remove("");
@@ -118,7 +119,7 @@ impl Capture {
         let sql_len = if complete {
             sql.len()
         } else {
-            body_len.saturating_sub(before_sql + 1)
+            body_len.saturating_sub(before_sql + 1).max(sql.len())
         };
         let captured = self.capture_sql(sql, sql_len);
         let param_types = match r.i16().and_then(|n| usize::try_from(n).ok()) {
