@@ -97,18 +97,7 @@ fn has_trigram_filters(query: &StatementQuery) -> bool {
 /// The filters on columns of the trigram index, spelled as its operator classes match them
 /// (`has_error = true`, where [`push_filters`] writes `has_error` for the partial indexes).
 fn push_trigram_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery) {
-    if let Some(id) = query.session_id {
-        sql.push(" AND r.session_id = ").push_bind(id);
-    }
-    if let Some(person) = &query.person {
-        sql.push(" AND r.person_login = ").push_bind(person.clone());
-    }
-    if let Some(target) = &query.target {
-        sql.push(" AND r.target_name = ").push_bind(target.clone());
-    }
-    if let Some(class) = query.class {
-        sql.push(" AND r.class = ").push_bind(class_name(class));
-    }
+    push_equal_filters(sql, query);
     if let Some(has_error) = query.has_error {
         sql.push(" AND r.has_error = ").push_bind(has_error);
     }
@@ -141,7 +130,8 @@ fn push_text(sql: &mut QueryBuilder<Postgres>, needle: &Needle, facets: Option<&
     }
 }
 
-fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: &StatementPage) {
+/// The filters every index takes the same way: a column equal to a parameter.
+fn push_equal_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery) {
     if let Some(id) = query.session_id {
         sql.push(" AND r.session_id = ").push_bind(id);
     }
@@ -154,6 +144,10 @@ fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: 
     if let Some(class) = query.class {
         sql.push(" AND r.class = ").push_bind(class_name(class));
     }
+}
+
+fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &StatementQuery, page: &StatementPage) {
+    push_equal_filters(sql, query);
     // Constants, not parameters: the partial indexes apply only to a literal condition.
     match query.has_error {
         Some(true) => sql.push(" AND r.has_error"),
