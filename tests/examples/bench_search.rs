@@ -18,7 +18,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use gateway::record::event::StatementClass;
 use gateway::record::statements::IndexedStatement;
 use gateway::store::{
-    IndexUpdate, NewSession, RecordingPolicy, StatementPage, StatementQuery, Store, TextMatch,
+    IndexUpdate, NewSession, RecordingPolicy, StatementPage, StatementQuery, Store,
     postgres::PgStore, sqlite::SqliteStore,
 };
 use harness::PgCluster;
@@ -307,20 +307,6 @@ async fn fill(store: &Arc<dyn Store>, rows: usize) -> Result<Vec<Uuid>> {
     Ok(ids)
 }
 
-fn words(text: &str) -> StatementQuery {
-    StatementQuery {
-        text: Some(text.into()),
-        ..StatementQuery::default()
-    }
-}
-
-fn substring(text: &str) -> StatementQuery {
-    StatementQuery {
-        text_match: TextMatch::Substring,
-        ..words(text)
-    }
-}
-
 /// The searches, by kind.
 fn searches(sessions: &[Uuid]) -> Vec<(&'static str, Vec<StatementQuery>)> {
     let day = |d: i64| {
@@ -331,7 +317,7 @@ fn searches(sessions: &[Uuid]) -> Vec<(&'static str, Vec<StatementQuery>)> {
     };
     let person = |p: usize| Some(person(p));
     let target = |t: usize| Some(target(t));
-    let mut rare = RARE_TABLES.map(words).to_vec();
+    let mut rare = RARE_TABLES.map(StatementQuery::words).to_vec();
     // Order codes: in about one statement each.
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..5 {
@@ -340,7 +326,7 @@ fn searches(sessions: &[Uuid]) -> Vec<(&'static str, Vec<StatementQuery>)> {
             .find(|(sql, ..)| sql.contains("reference"))
             .expect("a statement with an order code");
         let code = sql.rsplit('\'').nth(1).unwrap().to_string();
-        rare.push(words(&code));
+        rare.push(StatementQuery::words(&code));
     }
     let common = [
         "select",
@@ -354,7 +340,7 @@ fn searches(sessions: &[Uuid]) -> Vec<(&'static str, Vec<StatementQuery>)> {
         "limit",
         "from",
     ]
-    .map(words)
+    .map(StatementQuery::words)
     .to_vec();
     let substrings = [
         "ustomer_i",
@@ -368,7 +354,7 @@ fn searches(sessions: &[Uuid]) -> Vec<(&'static str, Vec<StatementQuery>)> {
         "ayment",
         "interval '90",
     ]
-    .map(substring)
+    .map(StatementQuery::substring)
     .to_vec();
     let filters = vec![
         StatementQuery {
@@ -418,45 +404,45 @@ fn searches(sessions: &[Uuid]) -> Vec<(&'static str, Vec<StatementQuery>)> {
     let word_and_filter = vec![
         StatementQuery {
             person: person(7),
-            ..words("orders")
+            ..StatementQuery::words("orders")
         },
         StatementQuery {
             has_error: Some(true),
-            ..words("customers")
+            ..StatementQuery::words("customers")
         },
         StatementQuery {
             risky: Some(true),
-            ..words("delete")
+            ..StatementQuery::words("delete")
         },
         StatementQuery {
             target: target(2),
-            ..words("select")
+            ..StatementQuery::words("select")
         },
         StatementQuery {
             person: person(3),
-            ..words("payroll_adjustments")
+            ..StatementQuery::words("payroll_adjustments")
         },
         StatementQuery {
             class: Some(StatementClass::Write),
-            ..words("update")
+            ..StatementQuery::words("update")
         },
         StatementQuery {
             after: day(3).0,
             before: day(3).1,
-            ..words("status")
+            ..StatementQuery::words("status")
         },
         StatementQuery {
             has_error: Some(true),
             target: target(4),
-            ..words("invoices")
+            ..StatementQuery::words("invoices")
         },
         StatementQuery {
             person: person(20),
-            ..substring("c.email")
+            ..StatementQuery::substring("c.email")
         },
         StatementQuery {
             class: Some(StatementClass::Read),
-            ..words("where")
+            ..StatementQuery::words("where")
         },
     ];
     // Common words with a filter they never meet: the worst case of any plan that reads newest
@@ -464,15 +450,15 @@ fn searches(sessions: &[Uuid]) -> Vec<(&'static str, Vec<StatementQuery>)> {
     let never_together = vec![
         StatementQuery {
             class: Some(StatementClass::Write),
-            ..words("select")
+            ..StatementQuery::words("select")
         },
         StatementQuery {
             class: Some(StatementClass::Transaction),
-            ..words("orders")
+            ..StatementQuery::words("orders")
         },
         StatementQuery {
             class: Some(StatementClass::Utility),
-            ..substring("ustomer")
+            ..StatementQuery::substring("ustomer")
         },
     ];
     vec![

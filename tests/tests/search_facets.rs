@@ -151,20 +151,6 @@ async fn indexed(
         .collect())
 }
 
-fn words(text: &str) -> StatementQuery {
-    StatementQuery {
-        text: Some(text.into()),
-        ..StatementQuery::default()
-    }
-}
-
-fn substring(text: &str) -> StatementQuery {
-    StatementQuery {
-        text_match: TextMatch::Substring,
-        ..words(text)
-    }
-}
-
 /// Whether `written` passes `query`, read the plain way: its words (runs of letters and
 /// digits) or its SQL's characters, case folded, and each filter.
 fn passes(written: &Written, query: &StatementQuery) -> bool {
@@ -233,14 +219,14 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
         (
             StatementQuery {
                 class: Some(StatementClass::Write),
-                ..words("select")
+                ..StatementQuery::words("select")
             },
             4,
         ),
         (
             StatementQuery {
                 class: Some(StatementClass::Write),
-                ..substring("ELECT * FR")
+                ..StatementQuery::substring("ELECT * FR")
             },
             4,
         ),
@@ -248,35 +234,35 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
         (
             StatementQuery {
                 class: Some(StatementClass::Transaction),
-                ..words("orders")
+                ..StatementQuery::words("orders")
             },
             0,
         ),
         (
             StatementQuery {
                 class: Some(StatementClass::Transaction),
-                ..substring("rders")
+                ..StatementQuery::substring("rders")
             },
             0,
         ),
         (
             StatementQuery {
                 person: Some("bob".into()),
-                ..words("orders")
+                ..StatementQuery::words("orders")
             },
             0,
         ),
         (
             StatementQuery {
                 target: Some("crm".into()),
-                ..substring("orders")
+                ..StatementQuery::substring("orders")
             },
             0,
         ),
         (
             StatementQuery {
                 session_id: Some(alice_session),
-                ..words("customers")
+                ..StatementQuery::words("customers")
             },
             0,
         ),
@@ -284,7 +270,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
         (
             StatementQuery {
                 person: Some("ali".into()),
-                ..words("orders")
+                ..StatementQuery::words("orders")
             },
             0,
         ),
@@ -292,7 +278,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
         (
             StatementQuery {
                 risky: Some(true),
-                ..words("orders")
+                ..StatementQuery::words("orders")
             },
             10,
         ),
@@ -300,7 +286,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
             StatementQuery {
                 has_error: Some(true),
                 risky: Some(false),
-                ..words("orders")
+                ..StatementQuery::words("orders")
             },
             400,
         ),
@@ -308,7 +294,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
             StatementQuery {
                 has_error: Some(true),
                 risky: Some(true),
-                ..substring("FROM ord")
+                ..StatementQuery::substring("FROM ord")
             },
             1,
         ),
@@ -316,14 +302,14 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
         (
             StatementQuery {
                 person: Some("bob".into()),
-                ..words("customers example")
+                ..StatementQuery::words("customers example")
             },
             300,
         ),
         (
             StatementQuery {
                 target: Some("crm".into()),
-                ..substring("ustomer")
+                ..StatementQuery::substring("ustomer")
             },
             300,
         ),
@@ -331,7 +317,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
             StatementQuery {
                 after: day(1),
                 before: day(2),
-                ..words("select")
+                ..StatementQuery::words("select")
             },
             800,
         ),
@@ -340,7 +326,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
                 after: day(2),
                 before: day(3),
                 class: Some(StatementClass::Read),
-                ..words("customers")
+                ..StatementQuery::words("customers")
             },
             50,
         ),
@@ -349,7 +335,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
                 after: day(1),
                 before: day(20),
                 class: Some(StatementClass::Write),
-                ..words("archive")
+                ..StatementQuery::words("archive")
             },
             2,
         ),
@@ -357,7 +343,7 @@ fn searches(alice_session: Uuid) -> Vec<(StatementQuery, usize)> {
             StatementQuery {
                 after: day(-1),
                 before: day(90),
-                ..words("commit")
+                ..StatementQuery::words("commit")
             },
             600,
         ),
@@ -404,15 +390,15 @@ async fn indexed_before_the_facets_found_with_them(
     for query in [
         StatementQuery {
             class: Some(StatementClass::Write),
-            ..words("orders")
+            ..StatementQuery::words("orders")
         },
         StatementQuery {
             person: Some("alice".into()),
-            ..substring("status FROM")
+            ..StatementQuery::substring("status FROM")
         },
         StatementQuery {
             risky: Some(true),
-            ..words("delete")
+            ..StatementQuery::words("delete")
         },
     ] {
         let want = expected(&all, &query);
@@ -432,7 +418,7 @@ async fn indexed_before_the_facets_found_with_them(
     let more = indexed(&store, "bob", "crm", crm_statements(20)).await?;
     let query = StatementQuery {
         target: Some("crm".into()),
-        ..words("customers")
+        ..StatementQuery::words("customers")
     };
     ensure!(pages(&store, &query, 1).await? == expected(&more, &query));
     Ok(())

@@ -21,7 +21,7 @@ use gateway::record::statements::IndexedStatement;
 use gateway::store::search::{ChainProgress, MARK_END, MARK_START};
 use gateway::store::{
     EndReason, IndexUpdate, NewSession, RecordingPolicy, SessionEnd, StatementHit, StatementPage,
-    StatementQuery, Store, StoredEvent, TextMatch, postgres::PgStore,
+    StatementQuery, Store, StoredEvent, postgres::PgStore,
 };
 use harness::PgCluster;
 use harness::on_both_engines;
@@ -276,20 +276,6 @@ async fn index_everything(store: &Arc<dyn Store>) -> Result<()> {
     anyhow::bail!("the indexer never caught up")
 }
 
-fn words(text: &str) -> StatementQuery {
-    StatementQuery {
-        text: Some(text.into()),
-        ..StatementQuery::default()
-    }
-}
-
-fn substring(text: &str) -> StatementQuery {
-    StatementQuery {
-        text_match: TextMatch::Substring,
-        ..words(text)
-    }
-}
-
 const PAGE: StatementPage = StatementPage {
     before: None,
     limit: 100,
@@ -371,7 +357,7 @@ async fn statements_are_found_by_their_words_with_marked_snippets(
     store: Arc<dyn Store>,
 ) -> Result<()> {
     indexed_shop_session(&store, "alice", t0()).await?;
-    let hits = search(&store, &words("CUSTOMERS")).await?;
+    let hits = search(&store, &StatementQuery::words("CUSTOMERS")).await?;
     ensure!(seqs(&hits) == [23, 19, 8], "{hits:#?}");
     ensure!(
         marked(&hits[0].snippet) == "UPDATE [customers] SET customer_id = 7 WHERE id = 1",
@@ -379,53 +365,75 @@ async fn statements_are_found_by_their_words_with_marked_snippets(
         hits[0].snippet
     );
     // Every word must appear.
-    let hits = search(&store, &words("update customers")).await?;
+    let hits = search(&store, &StatementQuery::words("update customers")).await?;
     ensure!(seqs(&hits) == [23]);
-    ensure!(search(&store, &words("customers nope")).await?.is_empty());
+    ensure!(
+        search(&store, &StatementQuery::words("customers nope"))
+            .await?
+            .is_empty()
+    );
     // "_" and "." separate words on both engines.
-    let hits = search(&store, &words("customer")).await?;
+    let hits = search(&store, &StatementQuery::words("customer")).await?;
     ensure!(seqs(&hits) == [23], "customer_id holds the word customer");
-    ensure!(search(&store, &words("widget")).await?.len() == 1);
+    ensure!(
+        search(&store, &StatementQuery::words("widget"))
+            .await?
+            .len()
+            == 1
+    );
     Ok(())
 }
 
 async fn words_of_parameters_are_found_too(store: Arc<dyn Store>) -> Result<()> {
     indexed_shop_session(&store, "alice", t0()).await?;
-    let hits = search(&store, &words("bob")).await?;
+    let hits = search(&store, &StatementQuery::words("bob")).await?;
     ensure!(seqs(&hits) == [19], "{hits:#?}");
     ensure!(
         marked(&hits[0].snippet) == "$1 = '[bob]@example.com'",
         "{}",
         hits[0].snippet
     );
-    let hits = search(&store, &words("example.com")).await?;
+    let hits = search(&store, &StatementQuery::words("example.com")).await?;
     ensure!(seqs(&hits) == [19, 8]);
     Ok(())
 }
 
 async fn statements_are_found_by_a_substring_of_their_sql(store: Arc<dyn Store>) -> Result<()> {
     indexed_shop_session(&store, "alice", t0()).await?;
-    let hits = search(&store, &substring("TOMER_I")).await?;
+    let hits = search(&store, &StatementQuery::substring("TOMER_I")).await?;
     ensure!(seqs(&hits) == [23], "{hits:#?}");
     ensure!(
         marked(&hits[0].snippet) == "UPDATE customers SET cus[tomer_i]d = 7 WHERE id = 1",
         "{}",
         hits[0].snippet
     );
-    let hits = search(&store, &substring("'widget'")).await?;
+    let hits = search(&store, &StatementQuery::substring("'widget'")).await?;
     ensure!(seqs(&hits) == [1]);
-    let hits = search(&store, &substring("stomers WHERE em")).await?;
+    let hits = search(&store, &StatementQuery::substring("stomers WHERE em")).await?;
     ensure!(seqs(&hits) == [19, 8]);
     // LIKE's wildcards are text here.
-    ensure!(search(&store, &substring("SELECT%nope")).await?.is_empty());
-    ensure!(search(&store, &substring("customer_")).await?.len() == 1);
-    ensure!(search(&store, &substring("customerXid")).await?.is_empty());
+    ensure!(
+        search(&store, &StatementQuery::substring("SELECT%nope"))
+            .await?
+            .is_empty()
+    );
+    ensure!(
+        search(&store, &StatementQuery::substring("customer_"))
+            .await?
+            .len()
+            == 1
+    );
+    ensure!(
+        search(&store, &StatementQuery::substring("customerXid"))
+            .await?
+            .is_empty()
+    );
     Ok(())
 }
 
 async fn short_substrings_are_searched_as_words(store: Arc<dyn Store>) -> Result<()> {
     indexed_shop_session(&store, "alice", t0()).await?;
-    let hits = search(&store, &substring("id")).await?;
+    let hits = search(&store, &StatementQuery::substring("id")).await?;
     ensure!(seqs(&hits) == [23, 1], "{hits:#?}");
     Ok(())
 }
@@ -539,8 +547,8 @@ async fn pages_follow_each_other_without_gaps_or_repeats(store: Arc<dyn Store>) 
     let b = indexed_shop_session(&store, "bob", t0()).await?;
     for query in [
         StatementQuery::default(),
-        words("customers"),
-        substring("FROM"),
+        StatementQuery::words("customers"),
+        StatementQuery::substring("FROM"),
     ] {
         let all = search(&store, &query).await?;
         let mut paged = Vec::new();
@@ -613,7 +621,7 @@ async fn hostile_search_text_never_fails(store: Arc<dyn Store>) -> Result<()> {
         &long_words,
     ];
     for text in hostile {
-        for query in [words(text), substring(text)] {
+        for query in [StatementQuery::words(text), StatementQuery::substring(text)] {
             let hits = store
                 .search_statements(&query, &PAGE)
                 .await
@@ -627,11 +635,15 @@ async fn hostile_search_text_never_fails(store: Arc<dyn Store>) -> Result<()> {
         }
     }
     // Quoted as text, operators are words like any other.
-    ensure!(search(&store, &words("NOT customers")).await?.is_empty());
-    ensure!(seqs(&search(&store, &words("customers*")).await?) == [23, 19, 8]);
-    ensure!(seqs(&search(&store, &substring("'widget'")).await?) == [1]);
+    ensure!(
+        search(&store, &StatementQuery::words("NOT customers"))
+            .await?
+            .is_empty()
+    );
+    ensure!(seqs(&search(&store, &StatementQuery::words("customers*")).await?) == [23, 19, 8]);
+    ensure!(seqs(&search(&store, &StatementQuery::substring("'widget'")).await?) == [1]);
     // A NUL is left out, not an error.
-    ensure!(seqs(&search(&store, &substring("wid\0get")).await?) == [1]);
+    ensure!(seqs(&search(&store, &StatementQuery::substring("wid\0get")).await?) == [1]);
     Ok(())
 }
 
@@ -712,7 +724,7 @@ async fn statements_of(store: &Arc<dyn Store>, id: Uuid) -> Result<Vec<String>> 
     for person in ["alice", "bob"] {
         let by_param = StatementQuery {
             session_id: Some(id),
-            ..words(person)
+            ..StatementQuery::words(person)
         };
         for hit in search(store, &by_param).await? {
             shown.push(format!("{person}: {} {}", hit.seq, hit.snippet));
@@ -840,7 +852,7 @@ async fn postgres_store_owned_by_a_plain_role_gets_its_trigram_index() -> Result
     )?;
     ensure!(superuser.trim() == "f", "the role is not a superuser");
     indexed_shop_session(&store, "alice", t0()).await?;
-    ensure!(seqs(&search(&store, &substring("tomer_i")).await?) == [23]);
+    ensure!(seqs(&search(&store, &StatementQuery::substring("tomer_i")).await?) == [23]);
     Ok(())
 }
 
@@ -880,19 +892,22 @@ async fn common_words_and_substrings_are_found_newest_first_like_rare_ones(
         ..StatementQuery::default()
     };
     for (query, expected) in [
-        (words("common"), StatementQuery::default()),
-        (substring("mmon_col"), StatementQuery::default()),
+        (StatementQuery::words("common"), StatementQuery::default()),
+        (
+            StatementQuery::substring("mmon_col"),
+            StatementQuery::default(),
+        ),
         (
             StatementQuery {
                 has_error: Some(true),
-                ..words("column")
+                ..StatementQuery::words("column")
             },
             filters_only.clone(),
         ),
         (
             StatementQuery {
                 has_error: Some(true),
-                ..substring("ON_COL")
+                ..StatementQuery::substring("ON_COL")
             },
             filters_only,
         ),
@@ -908,10 +923,10 @@ async fn common_words_and_substrings_are_found_newest_first_like_rare_ones(
             page.before = got.last().map(StatementHit::cursor);
         }
     }
-    let rare = search(&store, &words("rareword")).await?;
+    let rare = search(&store, &StatementQuery::words("rareword")).await?;
     ensure!(seqs(&rare) == [5_007, 4_007, 3_007, 2_007, 1_007, 7]);
     ensure!(marked(&rare[0].snippet).contains("n5007 [rareword]"));
-    let rare = search(&store, &substring("n4007 rare")).await?;
+    let rare = search(&store, &StatementQuery::substring("n4007 rare")).await?;
     ensure!(seqs(&rare) == [4_007]);
     Ok(())
 }
@@ -1025,7 +1040,7 @@ async fn the_running_gateway_indexes_what_real_clients_ran() -> Result<()> {
         &store,
         &StatementQuery {
             session_id: Some(session),
-            ..words("12")
+            ..StatementQuery::words("12")
         },
     )
     .await?
@@ -1066,7 +1081,7 @@ async fn a_long_recording_is_indexed_over_several_rounds_without_loss(
         (s.statements, s.indexed_seq, s.complete) == (2_000, 6_000, true),
         "{s:?}"
     );
-    let newest = search(&store, &words("1999")).await?;
+    let newest = search(&store, &StatementQuery::words("1999")).await?;
     ensure!(seqs(&newest) == [5_997]);
     Ok(())
 }

@@ -171,6 +171,24 @@ pub struct StatementQuery {
     pub before: Option<DateTime<Utc>>,
 }
 
+impl StatementQuery {
+    /// Statements holding all these words (in their SQL or parameters).
+    pub fn words(text: &str) -> Self {
+        StatementQuery {
+            text: Some(text.into()),
+            ..StatementQuery::default()
+        }
+    }
+
+    /// Statements whose SQL or parameters contain `text`, case aside.
+    pub fn substring(text: &str) -> Self {
+        StatementQuery {
+            text_match: TextMatch::Substring,
+            ..StatementQuery::words(text)
+        }
+    }
+}
+
 /// One page of results, newest first (`at DESC, session_id DESC, seq DESC`): pass the last
 /// hit's [`StatementHit::cursor`] as the next page's `before`.
 #[derive(Debug, Clone, Copy)]
