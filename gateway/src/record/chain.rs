@@ -23,6 +23,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -63,8 +64,6 @@ pub enum ChainError {
         expected: u64,
         got: u64,
     },
-    #[error("cannot serialise event seq {seq}: {source}")]
-    Encode { seq: u64, source: serde_json::Error },
 }
 
 /// The hash that event 0 links to.
@@ -169,10 +168,8 @@ impl Chain {
 
     /// Links `event`, which must carry [`Chain::next_seq`], and returns it as stored.
     pub fn append(&mut self, event: &Event) -> Result<StoredEvent, ChainError> {
-        let body = serde_json::to_string(event).map_err(|source| ChainError::Encode {
-            seq: event.seq,
-            source,
-        })?;
+        let mut body = String::new();
+        crate::record::event::write_event(event, &mut body);
         self.append_with_body(event, body)
     }
 
@@ -183,20 +180,31 @@ impl Chain {
         event: &Event,
         body: String,
     ) -> Result<StoredEvent, ChainError> {
-        if event.seq != self.next_seq {
+        self.append_encoded(event.seq, event.at, kind_name(&event.kind), body)
+    }
+
+    /// Links an event known by its seq, time, kind and canonical JSON.
+    pub fn append_encoded(
+        &mut self,
+        seq: u64,
+        at: DateTime<Utc>,
+        kind: &'static str,
+        body: String,
+    ) -> Result<StoredEvent, ChainError> {
+        if seq != self.next_seq {
             return Err(ChainError::OutOfSequence {
                 session_id: self.session_id,
                 expected: self.next_seq,
-                got: event.seq,
+                got: seq,
             });
         }
         let hash = link(&self.prev, &body);
         let stored = StoredEvent {
             session_id: self.session_id,
             // Postgres has no unsigned integers; 2^63 events is out of reach.
-            seq: event.seq as i64,
-            at: event.at,
-            kind: kind_name(&event.kind).to_string(),
+            seq: seq as i64,
+            at,
+            kind: kind.to_string(),
             body,
             prev_hash: self.prev.to_vec(),
             hash: hash.to_vec(),

@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+mod json;
+
+pub use json::write_event;
+
 /// Version of the event format, stored with every recording.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -78,25 +78,27 @@ impl SessionTap for StoreTap {
 
     fn chunk_done(&mut self, direction: Direction) -> Result<Release, RecordingFailed> {
         self.now = None;
-        let events = std::mem::take(&mut self.pending);
+        // Handed over from `pending`, which keeps its capacity for the next chunk.
         if let Err(failed) = self.progress.check() {
             // Kept anyway (the writer may still store them): they show what was refused.
-            if !events.is_empty() {
-                let _ = self.writer.submit(&self.progress, events, false);
+            if !self.pending.is_empty() {
+                let _ = self.writer.submit(&self.progress, &mut self.pending, false);
             }
             return Err(failed);
         }
-        if events.is_empty() {
+        if self.pending.is_empty() {
             return Ok(Release::Now);
         }
         let urgent =
             self.policy == RecordingPolicy::Strict && direction == Direction::ClientToServer;
         if urgent && !self.writer.store_healthy() {
             // The statement is not forwarded; its events are kept to show what was refused.
-            let _ = self.writer.submit(&self.progress, events, false);
+            let _ = self.writer.submit(&self.progress, &mut self.pending, false);
             return Err(RecordingFailed(UNHEALTHY.into()));
         }
-        let handover = self.writer.submit(&self.progress, events, urgent)?;
+        let handover = self
+            .writer
+            .submit(&self.progress, &mut self.pending, urgent)?;
         // Journaled events are durable already; only in-memory ones make a strict chunk wait,
         // and any chunk waits while the store is behind (back-pressure, either policy).
         if (urgent && handover == Handover::InMemory) || self.writer.behind() {

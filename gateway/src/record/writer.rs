@@ -17,13 +17,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use super::RecordingFailed;
-use super::chain::{Chain, RecordingKey};
-use super::event::Event;
+use super::chain::{Chain, RecordingKey, kind_name};
+use super::event::{Event, write_event};
 use super::journal::Journal;
 use super::recorder::RecorderSettings;
 use crate::metrics::{self, StoreOperation};
@@ -111,17 +112,27 @@ impl Progress {
     }
 }
 
-/// One hand-over from a tap: a chunk's events with their canonical JSON (made on the tap's
-/// side, since the journal needs it before the chunk is forwarded).
+/// One hand-over from a tap: a chunk's events as their canonical JSON (written on the tap's
+/// side, since the journal needs it before the chunk is forwarded), all in one buffer.
 struct Job {
     progress: Arc<Progress>,
-    events: Vec<Event>,
-    bodies: Vec<String>,
+    events: Vec<Encoded>,
+    /// The events' bodies, one after the other.
+    text: String,
     /// The journal position before these events.
     first_position: u64,
     /// Set on the session's last hand-over: once stored, the session's end is written and the
     /// recording sealed.
     end: Option<SessionEnd>,
+}
+
+/// What the writer needs of an event besides its body: the event itself stays with the tap.
+struct Encoded {
+    seq: u64,
+    at: DateTime<Utc>,
+    kind: &'static str,
+    /// Where its body ends in [`Job::text`] (it starts where the previous one ends).
+    end: usize,
 }
 
 #[derive(Default)]
@@ -156,6 +167,15 @@ pub(super) enum Handover {
     InMemory,
 }
 
+/// Each event's seq and body, out of a job's shared text.
+fn bodies<'t>(events: &'t [Encoded], text: &'t str) -> impl Iterator<Item = (u64, &'t str)> {
+    events.iter().scan(0, move |start, e| {
+        let body = &text[*start..e.end];
+        *start = e.end;
+        Some((e.seq, body))
+    })
+}
+
 /// The taps' side of the writer.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -175,7 +195,7 @@ impl WriterHandle {
             return Err(RecordingFailed(UNHEALTHY.into()));
         }
         let strict = policy == RecordingPolicy::Strict;
-        self.submit(&progress, vec![first], strict)?;
+        self.submit(&progress, &mut vec![first], strict)?;
         Ok(progress)
     }
 
@@ -193,21 +213,22 @@ impl WriterHandle {
         self.store_healthy() && self.buffered() > self.inner.max_buffered / 2
     }
 
-    /// Queues (and journals) events; refused, and the session's recording failed, when the
-    /// buffer is full or the journal cannot be written. `urgent` wakes the writer at once when
-    /// the events are not journaled (a strict session then waits for the commit).
+    /// Queues (and journals) `events`, leaving the vector empty for reuse; refused, and the
+    /// session's recording failed, when the buffer is full or the journal cannot be written.
+    /// `urgent` wakes the writer at once when the events are not journaled (a strict session
+    /// then waits for the commit).
     pub(super) fn submit(
         &self,
         progress: &Arc<Progress>,
-        events: Vec<Event>,
+        events: &mut Vec<Event>,
         urgent: bool,
     ) -> Result<Handover, RecordingFailed> {
         self.hand_over(progress, events, None, urgent)
     }
 
     /// Queues the session's last events (whatever the bound: a recording must say how it ended).
-    pub(super) fn finish(&self, progress: &Arc<Progress>, events: Vec<Event>, end: SessionEnd) {
-        if let Err(e) = self.hand_over(progress, events, Some(end), false) {
+    pub(super) fn finish(&self, progress: &Arc<Progress>, mut events: Vec<Event>, end: SessionEnd) {
+        if let Err(e) = self.hand_over(progress, &mut events, Some(end), false) {
             // Only the journal can refuse here; the events are queued regardless.
             warn!(session = %progress.session_id, error = %e, "the end of a session is not journaled");
         }
@@ -216,22 +237,26 @@ impl WriterHandle {
     fn hand_over(
         &self,
         progress: &Arc<Progress>,
-        events: Vec<Event>,
+        events: &mut Vec<Event>,
         end: Option<SessionEnd>,
         urgent: bool,
     ) -> Result<Handover, RecordingFailed> {
-        let mut bodies = Vec::with_capacity(events.len());
-        for event in &events {
-            match serde_json::to_string(event) {
-                Ok(body) => bodies.push(body),
-                Err(e) => {
-                    let why = format!("cannot encode event seq {}: {e}", event.seq);
-                    progress.fail(why.clone());
-                    return Err(RecordingFailed(why));
-                }
-            }
-        }
         let n = events.len();
+        // Dropped here, on the relay's thread, where their values were allocated: freeing
+        // them on the writer's thread cost glibc's malloc more than the whole encoding.
+        let mut text = String::with_capacity(n * 160);
+        let encoded: Vec<Encoded> = events
+            .drain(..)
+            .map(|event| {
+                write_event(&event, &mut text);
+                Encoded {
+                    seq: event.seq,
+                    at: event.at,
+                    kind: kind_name(&event.kind),
+                    end: text.len(),
+                }
+            })
+            .collect();
         let ending = end.is_some();
         let mut queue = self.inner.queue.lock().expect("queue lock");
         if queue.closed && !ending {
@@ -243,19 +268,13 @@ impl WriterHandle {
         let first_position = queue.position;
         let mut refusal = None;
         let journaled = match queue.journal.as_mut() {
-            Some(journal) => {
-                let lines = events
-                    .iter()
-                    .map(|e| e.seq)
-                    .zip(bodies.iter().map(String::as_str));
-                match journal.append(progress.session_id, lines) {
-                    Ok(position) => Some(position),
-                    Err(e) => {
-                        refusal = Some(format!("cannot write the recording journal: {e}"));
-                        None
-                    }
+            Some(journal) => match journal.append(progress.session_id, bodies(&encoded, &text)) {
+                Ok(position) => Some(position),
+                Err(e) => {
+                    refusal = Some(format!("cannot write the recording journal: {e}"));
+                    None
                 }
-            }
+            },
             None => None,
         };
         queue.position = journaled.unwrap_or(first_position + n as u64);
@@ -274,8 +293,8 @@ impl WriterHandle {
         // recording with a gap would be worse than a short overshoot of the bound.
         queue.jobs.push(Job {
             progress: progress.clone(),
-            events,
-            bodies,
+            events: encoded,
+            text,
             first_position,
             end,
         });
@@ -411,7 +430,7 @@ impl Writer {
             let Job {
                 progress,
                 events,
-                bodies,
+                text,
                 end,
                 ..
             } = job;
@@ -421,8 +440,14 @@ impl Writer {
                 progress: progress.clone(),
                 end: None,
             });
-            for (event, body) in events.iter().zip(bodies) {
-                match recording.chain.append_with_body(event, body) {
+            for (event, body) in events.iter().zip(bodies(&events, &text)) {
+                let linked = recording.chain.append_encoded(
+                    event.seq,
+                    event.at,
+                    event.kind,
+                    body.1.to_string(),
+                );
+                match linked {
                     Ok(stored) => self.backlog.push_back(stored),
                     Err(e) => {
                         // A recorder bug, not an outage: say so loudly and stop this session.

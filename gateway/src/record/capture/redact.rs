@@ -136,9 +136,16 @@ impl SecretPatterns {
 
     /// Whether a column name as the server reports it (no quoting, no qualification) matches.
     pub(super) fn matches_name(&self, name: &str) -> bool {
-        if self.is_none() {
+        // The fast path first: the globs' substring searches cost far more than one pass over
+        // a short name, and this runs for every result column of every statement.
+        if self.is_none() || !self.prefilter.mentions(name.as_bytes()).named {
             return false;
         }
+        self.matches_folded(name)
+    }
+
+    /// The globs alone, without the fast path (which must never change the answer).
+    fn matches_folded(&self, name: &str) -> bool {
         let name = fold(name);
         self.globs.iter().any(|g| g.matches(&name))
     }

@@ -259,9 +259,11 @@ async fn a_full_buffer_fails_the_session_instead_of_dropping_events() {
         .start(info.session_id, RecordingPolicy::Buffered, event(0))
         .unwrap();
     handle
-        .submit(&progress, vec![event(1), event(2)], false)
+        .submit(&progress, &mut vec![event(1), event(2)], false)
         .unwrap();
-    let failed = handle.submit(&progress, vec![event(3)], false).unwrap_err();
+    let failed = handle
+        .submit(&progress, &mut vec![event(3)], false)
+        .unwrap_err();
     assert!(failed.0.contains("buffer is full"), "{failed}");
     assert!(progress.check().is_err(), "the session is told to end");
     assert_eq!(
@@ -414,7 +416,7 @@ async fn what_a_killed_gateway_journaled_is_stored_ended_and_sealed_at_the_next_
         let handover = handle
             .submit(
                 &progress,
-                vec![event(1, "delete from t where id = 1")],
+                &mut vec![event(1, "delete from t where id = 1")],
                 true,
             )
             .unwrap();

@@ -142,6 +142,43 @@ fn the_fast_path_passes_only_texts_that_contain_a_fragment() {
 }
 
 #[test]
+fn the_fast_path_never_changes_whether_a_name_matches() {
+    let sets = [
+        SecretPatterns::defaults(),
+        Arc::new(patterns(&[
+            "a*b*c",
+            "exact",
+            "pre*",
+            "*suf",
+            "*k*",
+            "*пароль*",
+            "x",
+        ])),
+    ];
+    let alphabet: Vec<char> = "abcxkKpPsSuUfFeEtrwoдПАРОЛЬпароль_\"\u{212A}é0"
+        .chars()
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut names: Vec<String> = ["", "ssn", "SSN", "ssn_x", "Password", "pre", "ab", "abc"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for _ in 0..20_000 {
+        let len = rng.gen_range(0..12);
+        names.push(
+            (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect(),
+        );
+    }
+    for set in &sets {
+        for name in &names {
+            assert_eq!(set.matches_name(name), set.matches_folded(name), "{name:?}");
+        }
+    }
+}
+
+#[test]
 fn literals_assigned_to_secret_columns_are_replaced() {
     assert_redacted(
         "update users set password = 'hunter2' where id = 1",
