@@ -25,7 +25,7 @@ use uuid::Uuid;
 use super::RecordingFailed;
 use super::chain::{Chain, RecordingKey, kind_name};
 use super::event::{Event, write_event};
-use super::journal::Journal;
+use super::journal::{Journal, Segment};
 use super::recorder::RecorderSettings;
 use crate::metrics::{self, StoreOperation};
 use crate::store::{RecordingPolicy, SessionEnd, Store, StoreError, StoredEvent};
@@ -403,6 +403,7 @@ impl Writer {
                 self.release_journal();
                 self.seal_ended().await;
             }
+            self.prepare_spare_segment().await;
             // Once per round, off the taps' path: what still waits for the store.
             metrics::get()
                 .recorder_queued_events
@@ -460,6 +461,31 @@ impl Writer {
             if end.is_some() {
                 recording.end = end;
             }
+        }
+    }
+
+    /// Gives the journal its next segment before it needs it: made on a blocking thread,
+    /// outside the queue lock.
+    async fn prepare_spare_segment(&self) {
+        let dir = {
+            let queue = self.inner.queue.lock().expect("queue lock");
+            match queue.journal.as_ref().and_then(Journal::wants_spare) {
+                Some(dir) => dir,
+                None => return,
+            }
+        };
+        match tokio::task::spawn_blocking(move || Segment::prepare(&dir)).await {
+            Ok(Ok(segment)) => {
+                let mut queue = self.inner.queue.lock().expect("queue lock");
+                match queue.journal.as_mut() {
+                    Some(journal) => journal.give_spare(segment),
+                    None => segment.discard(),
+                }
+            }
+            // The rotation will try again itself, on the relay's path, and fail the session
+            // if it cannot.
+            Ok(Err(e)) => warn!(error = %e, "cannot prepare the next journal segment"),
+            Err(e) => warn!(error = %e, "preparing the next journal segment failed"),
         }
     }
 
