@@ -343,6 +343,8 @@ pub struct Writer {
     backlog: VecDeque<StoredEvent>,
     /// Whether the last attempt failed, and the next delay.
     retry: Option<Duration>,
+    /// When preparing a spare journal segment last failed.
+    spare_failed: Option<Instant>,
 }
 
 /// Builds the writer and the handle taps use; with a `journal`, every event is journaled when
@@ -372,6 +374,7 @@ pub fn writer(
         recordings: HashMap::new(),
         backlog: VecDeque::new(),
         retry: None,
+        spare_failed: None,
     };
     (writer, WriterHandle { inner })
 }
@@ -466,7 +469,14 @@ impl Writer {
 
     /// Gives the journal its next segment before it needs it: made on a blocking thread,
     /// outside the queue lock.
-    async fn prepare_spare_segment(&self) {
+    async fn prepare_spare_segment(&mut self) {
+        // After a failure (a full disk), once a second: the rotation itself tries meanwhile.
+        if self
+            .spare_failed
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
         let dir = {
             let queue = self.inner.queue.lock().expect("queue lock");
             match queue.journal.as_ref().and_then(Journal::wants_spare) {
@@ -484,9 +494,16 @@ impl Writer {
             }
             // The rotation will try again itself, on the relay's path, and fail the session
             // if it cannot.
-            Ok(Err(e)) => warn!(error = %e, "cannot prepare the next journal segment"),
+            Ok(Err(e)) => {
+                if self.spare_failed.is_none() {
+                    warn!(error = %e, "cannot prepare the next journal segment");
+                }
+                self.spare_failed = Some(Instant::now());
+                return;
+            }
             Err(e) => warn!(error = %e, "preparing the next journal segment failed"),
         }
+        self.spare_failed = None;
     }
 
     /// Everything taken from the queue is stored: journal segments holding only stored events
