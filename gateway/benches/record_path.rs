@@ -5,8 +5,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
 use chrono::Utc;
+use gateway::protocol::backend;
 use gateway::protocol::frame::Frame;
 use gateway::record::Direction;
 use gateway::record::capture::{Capture, CaptureLimits};
@@ -16,38 +16,28 @@ use gateway::record::event::Event;
 
 const ROUNDS: usize = 200_000;
 
-fn frame(tag: u8, body: &[u8]) -> Frame {
-    let mut buf = BytesMut::with_capacity(body.len() + 5);
-    buf.put_u8(tag);
-    buf.put_i32(body.len() as i32 + 4);
-    buf.put_slice(body);
-    let bytes = buf.freeze();
-    Frame {
-        tag,
-        body_len: body.len(),
-        body: bytes.slice(5..),
-    }
-}
-
 fn statement(i: usize) -> Vec<(Direction, Frame)> {
     let sql = format!(
         "SELECT abalance FROM pgbench_accounts WHERE aid = {};\0",
         i % 1_000_000
     );
-    let mut row_description = Vec::new();
-    row_description.extend_from_slice(&1i16.to_be_bytes());
-    row_description.extend_from_slice(b"abalance\0");
-    row_description.extend_from_slice(&[0; 6]);
-    row_description.extend_from_slice(&23u32.to_be_bytes());
-    row_description.extend_from_slice(&[0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0]);
     let mut row = vec![0, 1, 0, 0, 0, 4];
     row.extend_from_slice(b"1234");
     vec![
-        (Direction::ClientToServer, frame(b'Q', sql.as_bytes())),
-        (Direction::ServerToClient, frame(b'T', &row_description)),
-        (Direction::ServerToClient, frame(b'D', &row)),
-        (Direction::ServerToClient, frame(b'C', b"SELECT 1\0")),
-        (Direction::ServerToClient, frame(b'Z', b"I")),
+        (
+            Direction::ClientToServer,
+            Frame::encode(b'Q', sql.as_bytes()),
+        ),
+        (
+            Direction::ServerToClient,
+            Frame::written(|out| backend::row_description(out, &[("abalance", 23)])),
+        ),
+        (Direction::ServerToClient, Frame::encode(b'D', &row)),
+        (
+            Direction::ServerToClient,
+            Frame::encode(b'C', b"SELECT 1\0"),
+        ),
+        (Direction::ServerToClient, Frame::encode(b'Z', b"I")),
     ]
 }
 

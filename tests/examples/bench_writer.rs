@@ -18,51 +18,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::{BufMut, BytesMut};
 use chrono::Utc;
 use gateway::config::RecordingConfig;
+use gateway::protocol::backend;
 use gateway::protocol::frame::Frame;
 use gateway::record::chain::{RECORDING_KEY_FILE, RecordingKey};
 use gateway::record::{
     Direction, Recorder, RecorderSettings, SessionInfo, SessionTap, StoreRecorder,
 };
 use gateway::store::{
-    EndReason, NewSession, RecordingPolicy, SessionEnd, Store, Target, UpstreamTls,
-    postgres::PgStore, sqlite::SqliteStore,
+    EndReason, RecordingPolicy, SessionEnd, Store, Target, UpstreamTls, postgres::PgStore,
+    sqlite::SqliteStore,
 };
 use harness::PgCluster;
 use uuid::Uuid;
 
 const SESSIONS: usize = 16;
 
-fn frame(tag: u8, body: &[u8]) -> Frame {
-    let mut buf = BytesMut::with_capacity(body.len() + 5);
-    buf.put_u8(tag);
-    buf.put_i32(body.len() as i32 + 4);
-    buf.put_slice(body);
-    let bytes = buf.freeze();
-    Frame {
-        tag,
-        body_len: body.len(),
-        body: bytes.slice(5..),
-    }
-}
-
 fn row_description() -> Frame {
-    let mut body = Vec::new();
-    body.extend_from_slice(&1i16.to_be_bytes());
-    body.extend_from_slice(b"abalance\0");
-    body.extend_from_slice(&[0; 6]);
-    body.extend_from_slice(&23u32.to_be_bytes());
-    body.extend_from_slice(&[0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0]);
-    frame(b'T', &body)
+    Frame::written(|out| backend::row_description(out, &[("abalance", 23)]))
 }
 
 fn answers() -> Vec<Frame> {
     vec![
-        frame(b'D', &[0, 1, 0, 0, 0, 4, b'1', b'2', b'3', b'4']),
-        frame(b'C', b"SELECT 1\0"),
-        frame(b'Z', b"I"),
+        Frame::encode(b'D', &[0, 1, 0, 0, 0, 4, b'1', b'2', b'3', b'4']),
+        Frame::encode(b'C', b"SELECT 1\0"),
+        Frame::encode(b'Z', b"I"),
     ]
 }
 
@@ -73,11 +54,11 @@ fn prepare(tap: &mut dyn SessionTap) -> Result<()> {
     let mut parse = b"P0_1\0".to_vec();
     parse.extend_from_slice(SQL.as_bytes());
     parse.extend_from_slice(&[0, 0, 1, 0, 0, 0, 23]);
-    tap.frame(Direction::ClientToServer, frame(b'P', &parse));
-    tap.frame(Direction::ClientToServer, frame(b'S', b""));
+    tap.frame(Direction::ClientToServer, Frame::encode(b'P', &parse));
+    tap.frame(Direction::ClientToServer, Frame::encode(b'S', b""));
     tap.chunk_done(Direction::ClientToServer)?;
-    tap.frame(Direction::ServerToClient, frame(b'1', b""));
-    tap.frame(Direction::ServerToClient, frame(b'Z', b"I"));
+    tap.frame(Direction::ServerToClient, Frame::encode(b'1', b""));
+    tap.frame(Direction::ServerToClient, Frame::encode(b'Z', b"I"));
     tap.chunk_done(Direction::ServerToClient)?;
     Ok(())
 }
@@ -91,17 +72,23 @@ fn statement(tap: &mut dyn SessionTap, prepared: bool, i: usize) -> Result<()> {
         bind.extend_from_slice(&(aid.len() as i32).to_be_bytes());
         bind.extend_from_slice(aid.as_bytes());
         bind.extend_from_slice(&[0, 0]);
-        tap.frame(Direction::ClientToServer, frame(b'B', &bind));
-        tap.frame(Direction::ClientToServer, frame(b'D', b"P\0"));
-        tap.frame(Direction::ClientToServer, frame(b'E', b"\0\0\0\0\0"));
-        tap.frame(Direction::ClientToServer, frame(b'S', b""));
+        tap.frame(Direction::ClientToServer, Frame::encode(b'B', &bind));
+        tap.frame(Direction::ClientToServer, Frame::encode(b'D', b"P\0"));
+        tap.frame(
+            Direction::ClientToServer,
+            Frame::encode(b'E', b"\0\0\0\0\0"),
+        );
+        tap.frame(Direction::ClientToServer, Frame::encode(b'S', b""));
     } else {
         let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};\0");
-        tap.frame(Direction::ClientToServer, frame(b'Q', sql.as_bytes()));
+        tap.frame(
+            Direction::ClientToServer,
+            Frame::encode(b'Q', sql.as_bytes()),
+        );
     }
     tap.chunk_done(Direction::ClientToServer)?;
     if prepared {
-        tap.frame(Direction::ServerToClient, frame(b'2', b""));
+        tap.frame(Direction::ServerToClient, Frame::encode(b'2', b""));
     }
     tap.frame(Direction::ServerToClient, row_description());
     for answer in answers() {
@@ -154,22 +141,7 @@ async fn run(store: Arc<dyn Store>, statements: usize, prepared: bool) -> Result
             tls_version: Some("TLSv1.3".into()),
             started_at: Utc::now(),
         };
-        store
-            .insert_session(&NewSession {
-                id: info.session_id,
-                person_login: info.person_login.clone(),
-                target_id: target.id,
-                target_name: target.name.clone(),
-                db_role: info.db_role.clone(),
-                credential_id: info.credential_id,
-                client_addr: info.client_addr.to_string(),
-                application_name: info.application_name.clone(),
-                tls_version: info.tls_version.clone(),
-                started_at: info.started_at,
-                recording: RecordingPolicy::Buffered,
-                groups: Vec::new(),
-            })
-            .await?;
+        store.insert_session(&info.new_session()).await?;
         let mut tap = recorder.start(&info)?.context("the session is recorded")?;
         if prepared {
             prepare(tap.as_mut())?;

@@ -121,6 +121,23 @@ pub fn backend_key_data(out: &mut BytesMut, process_id: i32, secret_key: i32) {
     });
 }
 
+/// A RowDescription of `(name, type OID)` columns, 4-byte, text format, from no table: what
+/// tests and benchmarks of the recorder answer a query with.
+pub fn row_description(out: &mut BytesMut, columns: &[(&str, u32)]) {
+    put_message(out, b'T', |b| {
+        b.put_i16(i16::try_from(columns.len()).expect("fewer than 32,768 columns"));
+        for (name, type_oid) in columns {
+            put_cstr(b, name);
+            b.put_i32(0); // table OID
+            b.put_i16(0); // column number
+            b.put_u32(*type_oid);
+            b.put_i16(4); // type size
+            b.put_i32(-1); // type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
 /// Tells a client that asked for protocol 3.x (x > 0) or `_pq_.` options that the gateway speaks
 /// 3.0 and ignores those options.
 pub fn negotiate_protocol_version(out: &mut BytesMut, unsupported_options: &[&str]) {

@@ -65,6 +65,28 @@ impl Frame {
     pub fn is_complete(&self) -> bool {
         self.body.len() == self.body_len
     }
+
+    /// The one message `write` puts in a buffer, as a frame (for tests and benchmarks).
+    pub fn written(write: impl FnOnce(&mut bytes::BytesMut)) -> Frame {
+        let mut message = bytes::BytesMut::new();
+        write(&mut message);
+        let message = message.freeze();
+        let mut frames = split_frames(message).expect("one well-formed message");
+        assert_eq!(frames.len(), 1, "one message");
+        frames.remove(0)
+    }
+
+    /// A whole message with this tag and body, its body a slice of the encoded message as the
+    /// relay would hold it (for tests and benchmarks of what reads frames).
+    pub fn encode(tag: u8, body: &[u8]) -> Frame {
+        let mut message = bytes::BytesMut::with_capacity(HEADER_LEN + body.len());
+        super::backend::put_message(&mut message, tag, |b| b.extend_from_slice(body));
+        Frame {
+            tag,
+            body_len: body.len(),
+            body: message.freeze().slice(HEADER_LEN..),
+        }
+    }
 }
 
 /// Splits a buffer that holds whole frames into them (used by tests and by the recorder).

@@ -60,6 +60,26 @@ pub struct SessionInfo {
     pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
+impl SessionInfo {
+    /// The session's row as the store first holds it.
+    pub fn new_session(&self) -> crate::store::NewSession {
+        crate::store::NewSession {
+            id: self.session_id,
+            person_login: self.person_login.clone(),
+            target_id: self.target.id,
+            target_name: self.target.name.clone(),
+            db_role: self.db_role.clone(),
+            credential_id: self.credential_id,
+            client_addr: self.client_addr.to_string(),
+            application_name: self.application_name.clone(),
+            tls_version: self.tls_version.clone(),
+            started_at: self.started_at,
+            recording: self.target.recording,
+            groups: self.groups.clone(),
+        }
+    }
+}
+
 /// Whether a chunk of frames just shown to the tap may be forwarded now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {

@@ -4,25 +4,16 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use chrono::Utc;
 
 use super::*;
-use crate::protocol::backend::put_message;
 use crate::protocol::frame::Frame;
 use crate::record::chain::{self, RECORDING_KEY_FILE};
 use crate::record::{Direction, Recorder, Release, SessionInfo, SessionTap, StoreRecorder};
-use crate::store::{self, EndReason, NewSession, RecordingPolicy, SessionEnd, Target, UpstreamTls};
+use crate::store::{self, EndReason, RecordingPolicy, SessionEnd, Target, UpstreamTls};
 
 fn frame(tag: u8, body: &[u8]) -> Frame {
-    let mut buf = BytesMut::new();
-    put_message(&mut buf, tag, |b| b.extend_from_slice(body));
-    let bytes = buf.freeze();
-    Frame {
-        tag,
-        body_len: body.len(),
-        body: bytes.slice(5..),
-    }
+    Frame::encode(tag, body)
 }
 
 fn target(recording: RecordingPolicy) -> Arc<Target> {
@@ -74,23 +65,7 @@ async fn session(store: &Arc<dyn Store>, target: &Arc<Target>) -> SessionInfo {
         tls_version: Some("TLSv1.3".into()),
         started_at: Utc::now(),
     };
-    store
-        .insert_session(&NewSession {
-            id: info.session_id,
-            person_login: info.person_login.clone(),
-            target_id: target.id,
-            target_name: target.name.clone(),
-            db_role: info.db_role.clone(),
-            credential_id: info.credential_id,
-            client_addr: info.client_addr.to_string(),
-            application_name: info.application_name.clone(),
-            tls_version: info.tls_version.clone(),
-            started_at: info.started_at,
-            recording: crate::store::RecordingPolicy::Strict,
-            groups: Vec::new(),
-        })
-        .await
-        .unwrap();
+    store.insert_session(&info.new_session()).await.unwrap();
     info
 }
 
@@ -149,13 +124,10 @@ async fn strict_holds_client_chunks_until_committed_and_seals_at_the_end() {
     );
 
     // Server answers do not wait; two rows with a cap of one keep one.
-    let mut row_description = Vec::new();
-    row_description.extend_from_slice(&1i16.to_be_bytes());
-    row_description.extend_from_slice(b"n\0");
-    row_description.extend_from_slice(&[0; 6]);
-    row_description.extend_from_slice(&23u32.to_be_bytes());
-    row_description.extend_from_slice(&[0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0]);
-    tap.frame(Direction::ServerToClient, frame(b'T', &row_description));
+    tap.frame(
+        Direction::ServerToClient,
+        Frame::written(|out| crate::protocol::backend::row_description(out, &[("n", 23)])),
+    );
     for value in [b"1", b"2"] {
         let mut row = vec![0, 1, 0, 0, 0, 1];
         row.extend_from_slice(value);
