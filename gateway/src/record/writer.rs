@@ -30,6 +30,8 @@ use super::recorder::RecorderSettings;
 use crate::metrics::{self, StoreOperation};
 use crate::store::{RecordingPolicy, SessionEnd, Store, StoreError, StoredEvent};
 
+/// Events chained between two yields to the runtime (see `Writer::chain`).
+const CHAIN_SLICE: usize = 256;
 /// Events written per transaction at most (a backlog after an outage goes in several).
 const MAX_BATCH: usize = 2_000;
 /// How long a commit is awaited at most before the writer gives up on it (its outcome is then
@@ -401,7 +403,7 @@ impl Writer {
                 (std::mem::take(&mut queue.jobs), queue.closed)
             };
             closing = closed;
-            self.chain(jobs);
+            self.chain(jobs).await;
             if self.write_backlog().await {
                 self.release_journal();
                 self.seal_ended().await;
@@ -429,12 +431,22 @@ impl Writer {
     }
 
     /// Links queued events into their sessions' chains and appends them to the backlog.
-    fn chain(&mut self, mut jobs: Vec<Job>) {
+    ///
+    /// It yields to the runtime every [`CHAIN_SLICE`] events: a round of busy sessions is
+    /// thousands of events (milliseconds of hashing), and the relays that share this worker
+    /// thread would otherwise stall behind it, their clients idle.
+    async fn chain(&mut self, mut jobs: Vec<Job>) {
         // Grouped by session here, a few dozen jobs, so that the backlog comes out already in
         // the order the store wants (see `write_backlog`) without moving its events about.
         // Stable: each session's jobs keep their order.
         jobs.sort_by_key(|job| job.progress.session_id);
+        let mut since_yield = 0;
         for job in jobs {
+            since_yield += job.events.len();
+            if since_yield >= CHAIN_SLICE {
+                since_yield = 0;
+                tokio::task::yield_now().await;
+            }
             let Job {
                 progress,
                 events,
