@@ -141,6 +141,31 @@ pub enum StatementClass {
     Unknown,
 }
 
+impl StatementClass {
+    pub const ALL: [StatementClass; 7] = [
+        StatementClass::Read,
+        StatementClass::Write,
+        StatementClass::Ddl,
+        StatementClass::Privilege,
+        StatementClass::Transaction,
+        StatementClass::Utility,
+        StatementClass::Unknown,
+    ];
+
+    /// The class's name: its serde spelling, and how the store and the console write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatementClass::Read => "read",
+            StatementClass::Write => "write",
+            StatementClass::Ddl => "ddl",
+            StatementClass::Privilege => "privilege",
+            StatementClass::Transaction => "transaction",
+            StatementClass::Utility => "utility",
+            StatementClass::Unknown => "unknown",
+        }
+    }
+}
+
 /// Error or notice fields as the server sent them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerMessage {

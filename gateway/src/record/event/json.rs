@@ -200,20 +200,6 @@ impl Writer<'_> {
         self.raw("]");
     }
 
-    /// A statement class by its serde name (snake_case).
-    fn class(&mut self, class: super::StatementClass) {
-        use super::StatementClass::*;
-        self.str(match class {
-            Read => "read",
-            Write => "write",
-            Ddl => "ddl",
-            Privilege => "privilege",
-            Transaction => "transaction",
-            Utility => "utility",
-            Unknown => "unknown",
-        });
-    }
-
     fn risks(&mut self, risks: &[String]) {
         if !risks.is_empty() {
             self.key("risks");
@@ -298,7 +284,7 @@ impl Writer<'_> {
                 self.key("sql");
                 self.capped(sql);
                 self.key("class");
-                self.class(*class);
+                self.str(class.name());
                 self.risks(risks);
             }
             EventKind::Parse {
@@ -315,7 +301,7 @@ impl Writer<'_> {
                 self.key("param_types");
                 self.u32s(param_types);
                 self.key("class");
-                self.class(*class);
+                self.str(class.name());
                 self.risks(risks);
             }
             EventKind::Bind {
@@ -464,15 +450,6 @@ mod tests {
             hint: with_optional.then(t),
             position: with_optional.then_some(17),
         };
-        let classes = [
-            StatementClass::Read,
-            StatementClass::Write,
-            StatementClass::Ddl,
-            StatementClass::Privilege,
-            StatementClass::Transaction,
-            StatementClass::Utility,
-            StatementClass::Unknown,
-        ];
         let mut kinds = vec![
             EventKind::SessionStart {
                 session_id: Uuid::new_v4(),
@@ -609,7 +586,7 @@ mod tests {
                 ],
             },
         ];
-        for (i, class) in classes.into_iter().enumerate() {
+        for (i, class) in StatementClass::ALL.into_iter().enumerate() {
             let risks = if i % 2 == 0 {
                 vec![]
             } else {

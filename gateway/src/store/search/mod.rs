@@ -334,29 +334,12 @@ fn contains_pattern(text: &str) -> String {
 
 /// The stored name of a statement class (its serde name).
 pub fn class_name(class: StatementClass) -> &'static str {
-    match class {
-        StatementClass::Read => "read",
-        StatementClass::Write => "write",
-        StatementClass::Ddl => "ddl",
-        StatementClass::Privilege => "privilege",
-        StatementClass::Transaction => "transaction",
-        StatementClass::Utility => "utility",
-        StatementClass::Unknown => "unknown",
-    }
+    class.name()
 }
 
 /// A statement class by its stored name.
 pub fn parse_class(name: &str) -> Option<StatementClass> {
-    Some(match name {
-        "read" => StatementClass::Read,
-        "write" => StatementClass::Write,
-        "ddl" => StatementClass::Ddl,
-        "privilege" => StatementClass::Privilege,
-        "transaction" => StatementClass::Transaction,
-        "utility" => StatementClass::Utility,
-        "unknown" => StatementClass::Unknown,
-        _ => return None,
-    })
+    StatementClass::ALL.into_iter().find(|c| c.name() == name)
 }
 
 fn decode_class(name: &str) -> StoreResult<StatementClass> {
@@ -444,15 +427,7 @@ mod tests {
 
     #[test]
     fn class_names_round_trip() {
-        for class in [
-            StatementClass::Read,
-            StatementClass::Write,
-            StatementClass::Ddl,
-            StatementClass::Privilege,
-            StatementClass::Transaction,
-            StatementClass::Utility,
-            StatementClass::Unknown,
-        ] {
+        for class in StatementClass::ALL {
             assert_eq!(parse_class(class_name(class)), Some(class));
             let json = serde_json::to_string(&class).unwrap();
             assert_eq!(json, format!("\"{}\"", class_name(class)));
