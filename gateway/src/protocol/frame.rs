@@ -76,16 +76,9 @@ impl Frame {
         frames.remove(0)
     }
 
-    /// A whole message with this tag and body, its body a slice of the encoded message as the
-    /// relay would hold it (for tests and benchmarks of what reads frames).
+    /// A whole message with this tag and body (for tests and benchmarks).
     pub fn encode(tag: u8, body: &[u8]) -> Frame {
-        let mut message = bytes::BytesMut::with_capacity(HEADER_LEN + body.len());
-        super::backend::put_message(&mut message, tag, |b| b.extend_from_slice(body));
-        Frame {
-            tag,
-            body_len: body.len(),
-            body: message.freeze().slice(HEADER_LEN..),
-        }
+        Frame::written(|out| super::backend::put_message(out, tag, |b| b.extend_from_slice(body)))
     }
 }
 

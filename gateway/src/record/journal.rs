@@ -52,7 +52,6 @@ pub struct Journal {
     /// The next segment, made ready by the writer task off the relays' path (see
     /// [`Journal::wants_spare`]).
     spare: Option<Segment>,
-    line: Vec<u8>,
     /// Set by tests: creating the next segment fails as on a full disk.
     #[cfg(test)]
     full_disk: bool,
@@ -81,41 +80,49 @@ impl Journal {
             position: 0,
             closed: VecDeque::new(),
             spare: None,
-            line: Vec::with_capacity(4096),
             #[cfg(test)]
             full_disk: false,
         })
     }
 
-    /// Appends one chunk's events with a single copy; returns the position after them.
-    pub fn append<'a>(
-        &mut self,
-        session_id: Uuid,
-        events: impl IntoIterator<Item = (u64, &'a str)>,
-    ) -> io::Result<u64> {
-        self.line.clear();
+    /// Appends one chunk's events, copied straight into the mapping (their lines are measured
+    /// first, to rotate before a chunk that does not fit); returns the position after them.
+    pub fn append<'a, I>(&mut self, session_id: Uuid, events: I) -> io::Result<u64>
+    where
+        I: IntoIterator<Item = (u64, &'a str)>,
+        I::IntoIter: Clone,
+    {
+        let events = events.into_iter();
         let mut id = Uuid::encode_buffer();
-        let id = session_id.hyphenated().encode_lower(&mut id);
+        let id = session_id.hyphenated().encode_lower(&mut id).as_bytes();
+        // `<id> <seq> <body>\n`
+        let size: usize = events
+            .clone()
+            .map(|(seq, body)| id.len() + itoa::Buffer::new().format(seq).len() + body.len() + 3)
+            .sum();
+        if self.segment.used + size > self.segment.map.len() {
+            self.rotate(size)?;
+        }
         let mut n = 0;
         for (seq, body) in events {
             debug_assert!(
                 !body.contains(['\n', '\0']),
                 "canonical JSON has no raw newline or NUL"
             );
-            self.line.extend_from_slice(id.as_bytes());
-            self.line.push(b' ');
-            self.line
-                .extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-            self.line.push(b' ');
-            self.line.extend_from_slice(body.as_bytes());
-            self.line.push(b'\n');
+            let mut digits = itoa::Buffer::new();
+            for piece in [
+                id,
+                b" ",
+                digits.format(seq).as_bytes(),
+                b" ",
+                body.as_bytes(),
+                b"\n",
+            ] {
+                self.segment.map.write(self.segment.used, piece);
+                self.segment.used += piece.len();
+            }
             n += 1;
         }
-        if self.segment.used + self.line.len() > self.segment.map.len() {
-            self.rotate(self.line.len())?;
-        }
-        self.segment.map.write(self.segment.used, &self.line);
-        self.segment.used += self.line.len();
         self.position += n;
         Ok(self.position)
     }

@@ -169,12 +169,15 @@ pub(super) enum Handover {
     InMemory,
 }
 
-/// Each event's seq and body, out of a job's shared text.
-fn bodies<'t>(events: &'t [Encoded], text: &'t str) -> impl Iterator<Item = (u64, &'t str)> {
+/// Each event with its body, out of a job's shared text.
+fn bodies<'t>(
+    events: &'t [Encoded],
+    text: &'t str,
+) -> impl Iterator<Item = (&'t Encoded, &'t str)> + Clone {
     events.iter().scan(0, move |start, e| {
         let body = &text[*start..e.end];
         *start = e.end;
-        Some((e.seq, body))
+        Some((e, body))
     })
 }
 
@@ -270,7 +273,10 @@ impl WriterHandle {
         let first_position = queue.position;
         let mut refusal = None;
         let journaled = match queue.journal.as_mut() {
-            Some(journal) => match journal.append(progress.session_id, bodies(&encoded, &text)) {
+            Some(journal) => match journal.append(
+                progress.session_id,
+                bodies(&encoded, &text).map(|(e, body)| (e.seq, body)),
+            ) {
                 Ok(position) => Some(position),
                 Err(e) => {
                     refusal = Some(format!("cannot write the recording journal: {e}"));
@@ -460,12 +466,12 @@ impl Writer {
                 progress: progress.clone(),
                 end: None,
             });
-            for (event, body) in events.iter().zip(bodies(&events, &text)) {
+            for (event, body) in bodies(&events, &text) {
                 let linked = recording.chain.append_encoded(
                     event.seq,
                     event.at,
                     event.kind,
-                    body.1.to_string(),
+                    body.to_string(),
                 );
                 match linked {
                     Ok(stored) => self.backlog.push_back(stored),

@@ -109,15 +109,20 @@ impl Writer<'_> {
         }
     }
 
-    fn strs(&mut self, list: &[String]) {
+    /// A JSON array of `items`, each written by `item`.
+    fn list<T>(&mut self, items: &[T], mut item: impl FnMut(&mut Self, &T)) {
         self.raw("[");
-        for (i, s) in list.iter().enumerate() {
+        for (i, x) in items.iter().enumerate() {
             if i > 0 {
                 self.raw(",");
             }
-            self.str(s);
+            item(self, x);
         }
         self.raw("]");
+    }
+
+    fn strs(&mut self, list: &[String]) {
+        self.list(list, |w, s| w.str(s));
     }
 
     fn capped(&mut self, c: &Capped) {
@@ -142,62 +147,33 @@ impl Writer<'_> {
     }
 
     fn params(&mut self, params: &[Param]) {
-        self.raw("[");
-        for (i, p) in params.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            self.raw("{\"type_oid\":");
-            self.u64(u64::from(p.type_oid));
-            self.raw(",\"value\":");
-            self.opt_capped(p.value.as_ref());
-            self.raw("}");
-        }
-        self.raw("]");
+        self.list(params, |w, p| {
+            w.raw("{\"type_oid\":");
+            w.u64(u64::from(p.type_oid));
+            w.raw(",\"value\":");
+            w.opt_capped(p.value.as_ref());
+            w.raw("}");
+        });
     }
 
     fn u32s(&mut self, list: &[u32]) {
-        self.raw("[");
-        for (i, n) in list.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            self.u64(u64::from(*n));
-        }
-        self.raw("]");
+        self.list(list, |w, n| w.u64(u64::from(*n)));
     }
 
     fn columns(&mut self, columns: &[Column]) {
-        self.raw("[");
-        for (i, c) in columns.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            self.raw("{\"name\":");
-            self.str(&c.name);
-            self.raw(",\"type_oid\":");
-            self.u64(u64::from(c.type_oid));
-            self.raw("}");
-        }
-        self.raw("]");
+        self.list(columns, |w, c| {
+            w.raw("{\"name\":");
+            w.str(&c.name);
+            w.raw(",\"type_oid\":");
+            w.u64(u64::from(c.type_oid));
+            w.raw("}");
+        });
     }
 
     fn rows(&mut self, rows: &[Vec<Option<Capped>>]) {
-        self.raw("[");
-        for (i, row) in rows.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            self.raw("[");
-            for (j, value) in row.iter().enumerate() {
-                if j > 0 {
-                    self.raw(",");
-                }
-                self.opt_capped(value.as_ref());
-            }
-            self.raw("]");
-        }
-        self.raw("]");
+        self.list(rows, |w, row| {
+            w.list(row, |w, value| w.opt_capped(value.as_ref()))
+        });
     }
 
     fn risks(&mut self, risks: &[String]) {
