@@ -24,7 +24,7 @@ use crate::protocol::backend::{self, ErrorMessage};
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{ProtocolError, frontend};
 use crate::record::SessionInfo;
-use crate::store::{EndReason, NewSession, SessionEnd};
+use crate::store::{EndReason, SessionEnd};
 
 /// Counts a connection in `pgbastion_connections_active` while it lives.
 struct ActiveConnection;
@@ -273,21 +273,19 @@ async fn run(
     } = session;
     let credential = &authorized.credential;
     let target = authorized.target.clone();
-    let started = NewSession {
-        id: session_id,
-        person_login: credential.person_login.clone(),
-        target_id: target.id,
-        target_name: target.name.clone(),
-        db_role: credential.db_role.clone(),
+    let info = SessionInfo {
+        session_id,
         credential_id: credential.id,
-        client_addr: peer.to_string(),
+        person_login: credential.person_login.clone(),
+        groups: authorized.groups.clone(),
+        target: target.clone(),
+        db_role: credential.db_role.clone(),
+        client_addr: peer,
         application_name: startup.param("application_name").map(str::to_owned),
         tls_version: handshake::tls_version(&client),
         started_at: Utc::now(),
-        recording: target.recording,
-        groups: authorized.groups.clone(),
     };
-    if let Err(e) = shared.store.insert_session(&started).await {
+    if let Err(e) = shared.store.insert_session(&info.new_session()).await {
         warn!(%peer, error = %e, "cannot store the session; refusing it");
         metrics::get()
             .store_error(StoreOperation::Session)
@@ -389,18 +387,6 @@ async fn run(
         return;
     }
 
-    let info = SessionInfo {
-        session_id,
-        credential_id: credential.id,
-        person_login: credential.person_login.clone(),
-        groups: authorized.groups.clone(),
-        target: target.clone(),
-        db_role: credential.db_role.clone(),
-        client_addr: peer,
-        application_name: started.application_name.clone(),
-        tls_version: started.tls_version.clone(),
-        started_at: started.started_at,
-    };
     let mut tap = match shared.recorder.start(&info) {
         Ok(tap) => tap,
         Err(failed) => {
