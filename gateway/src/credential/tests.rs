@@ -518,7 +518,7 @@ impl Store for FakeStore {
     async fn remove_target_login(&self, _: Uuid, _: &str) -> StoreResult<bool> {
         unreachable!("issue does not write upstream logins")
     }
-    async fn append_events(&self, _: &[StoredEvent]) -> StoreResult<()> {
+    async fn append_blocks(&self, _: &[EventBlock]) -> StoreResult<()> {
         unreachable!("issue does not record")
     }
     async fn session_events(&self, _: Uuid, _: i64, _: i64) -> StoreResult<Vec<StoredEvent>> {

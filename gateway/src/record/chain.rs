@@ -191,6 +191,23 @@ impl Chain {
         kind: &'static str,
         body: String,
     ) -> Result<StoredEvent, ChainError> {
+        let prev_hash = self.prev.to_vec();
+        let hash = self.link_next(seq, &body)?;
+        Ok(StoredEvent {
+            session_id: self.session_id,
+            // Postgres has no unsigned integers; 2^63 events is out of reach.
+            seq: seq as i64,
+            at,
+            kind: kind.to_string(),
+            body,
+            prev_hash,
+            hash: hash.to_vec(),
+        })
+    }
+
+    /// Links the event `seq` whose canonical JSON is `body` and returns its hash (its
+    /// `prev_hash` is [`Chain::last_hash`] before the call).
+    pub fn link_next(&mut self, seq: u64, body: &str) -> Result<Hash, ChainError> {
         if seq != self.next_seq {
             return Err(ChainError::OutOfSequence {
                 session_id: self.session_id,
@@ -198,20 +215,10 @@ impl Chain {
                 got: seq,
             });
         }
-        let hash = link(&self.prev, &body);
-        let stored = StoredEvent {
-            session_id: self.session_id,
-            // Postgres has no unsigned integers; 2^63 events is out of reach.
-            seq: seq as i64,
-            at,
-            kind: kind.to_string(),
-            body,
-            prev_hash: self.prev.to_vec(),
-            hash: hash.to_vec(),
-        };
+        let hash = link(&self.prev, body);
         self.prev = hash;
         self.next_seq += 1;
-        Ok(stored)
+        Ok(hash)
     }
 
     /// Closes the recording: signs the count and final hash with `key`.

@@ -11,7 +11,7 @@
 //! long outage into ended sessions instead of unbounded memory; `strict` sessions end as soon as
 //! a commit they wait for fails.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -28,7 +28,10 @@ use super::event::{Event, write_event};
 use super::journal::{Journal, Segment};
 use super::recorder::RecorderSettings;
 use crate::metrics::{self, StoreOperation};
-use crate::store::{RecordingPolicy, SessionEnd, Store, StoreError, StoredEvent};
+use crate::store::{
+    EventBlock, MAX_BLOCK_BODY_BYTES, MAX_BLOCK_EVENTS, RecordingPolicy, SessionEnd, Store,
+    StoreError,
+};
 
 /// Events chained between two yields to the runtime (see `Writer::chain`).
 const CHAIN_SLICE: usize = 256;
@@ -179,6 +182,40 @@ fn bodies<'t>(
         *start = e.end;
         Some((e, body))
     })
+}
+
+/// Links one event into its session's chain and adds it to `block`, the session's open block
+/// of this round (one row in the store); a full block goes to `backlog` and a new one starts,
+/// its columns sized for `size_hint` (the round's events and bytes of the session) at once.
+fn chain_into(
+    block: &mut Option<EventBlock>,
+    recording: &mut Recording,
+    event: &Encoded,
+    body: &str,
+    size_hint: (usize, usize),
+    backlog: &mut VecDeque<EventBlock>,
+) -> Result<(), String> {
+    // Checked before the chain moves on, so that the chain never holds an unstored link.
+    EventBlock::check(event.kind, body).map_err(|why| why.to_string())?;
+    let prev = recording.chain.last_hash();
+    let hash = recording
+        .chain
+        .link_next(event.seq, body)
+        .map_err(|e| e.to_string())?;
+    if block.as_ref().is_some_and(|b| !b.has_room(body.len())) {
+        backlog.extend(block.take());
+    }
+    let block = block.get_or_insert_with(|| {
+        let mut new = EventBlock::new(recording.chain.session_id(), event.seq as i64, prev);
+        new.reserve(
+            size_hint.0.min(MAX_BLOCK_EVENTS),
+            size_hint.1.min(MAX_BLOCK_BODY_BYTES),
+        );
+        new
+    });
+    block
+        .push(event.at, event.kind, body, &hash)
+        .map_err(|why| why.to_string())
 }
 
 /// The taps' side of the writer.
@@ -347,8 +384,8 @@ pub struct Writer {
     flush_interval: Duration,
     commit_timeout: Duration,
     recordings: HashMap<Uuid, Recording>,
-    /// Chained events not yet stored, in order.
-    backlog: VecDeque<StoredEvent>,
+    /// Chained events not yet stored, in order, as the blocks (rows) they will be stored in.
+    backlog: VecDeque<EventBlock>,
     /// Whether the last attempt failed, and the next delay.
     retry: Option<Duration>,
     /// When preparing a spare journal segment last failed.
@@ -442,50 +479,51 @@ impl Writer {
     /// thousands of events (milliseconds of hashing), and the relays that share this worker
     /// thread would otherwise stall behind it, their clients idle.
     async fn chain(&mut self, mut jobs: Vec<Job>) {
-        // Grouped by session here, a few dozen jobs, so that the backlog comes out already in
-        // the order the store wants (see `write_backlog`) without moving its events about.
-        // Stable: each session's jobs keep their order.
+        // Grouped by session here, a few dozen jobs, so that a session's events of the round
+        // make one block: one row in the store, where hundreds of blocks of a few events each
+        // cost SQLite most of the writer's time. Stable: each session's jobs keep their order.
         jobs.sort_by_key(|job| job.progress.session_id);
         let mut since_yield = 0;
-        for job in jobs {
-            since_yield += job.events.len();
-            if since_yield >= CHAIN_SLICE {
-                since_yield = 0;
-                tokio::task::yield_now().await;
-            }
-            let Job {
-                progress,
-                events,
-                text,
-                end,
-                ..
-            } = job;
+        for run in jobs.chunk_by(|a, b| a.progress.session_id == b.progress.session_id) {
+            let progress = &run[0].progress;
             let id = progress.session_id;
             let recording = self.recordings.entry(id).or_insert_with(|| Recording {
                 chain: Chain::new(id),
                 progress: progress.clone(),
                 end: None,
             });
-            for (event, body) in bodies(&events, &text) {
-                let linked = recording.chain.append_encoded(
-                    event.seq,
-                    event.at,
-                    event.kind,
-                    body.to_string(),
-                );
-                match linked {
-                    Ok(stored) => self.backlog.push_back(stored),
-                    Err(e) => {
+            // One block (row) for the session's events of this round, its columns sized once.
+            let events: usize = run.iter().map(|job| job.events.len()).sum();
+            let bytes: usize = run.iter().map(|job| job.text.len()).sum();
+            let mut block = None;
+            for job in run {
+                since_yield += job.events.len();
+                if since_yield >= CHAIN_SLICE {
+                    since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
+                for (event, body) in bodies(&job.events, &job.text) {
+                    let chained = chain_into(
+                        &mut block,
+                        recording,
+                        event,
+                        body,
+                        (events, bytes),
+                        &mut self.backlog,
+                    );
+                    if let Err(why) = chained {
                         // A recorder bug, not an outage: say so loudly and stop this session.
-                        error!(session = %id, error = %e, "cannot chain an event");
+                        error!(session = %id, error = %why, "cannot chain an event");
                         metrics::get().recorder_events_dropped.increment(1);
-                        progress.fail(format!("recording error: {e}"));
+                        self.inner.buffered.fetch_sub(1, Ordering::Relaxed);
+                        recording.progress.fail(format!("recording error: {why}"));
                     }
                 }
+                if job.end.is_some() {
+                    recording.end = job.end.clone();
+                }
             }
-            if end.is_some() {
-                recording.end = end;
-            }
+            self.backlog.extend(block);
         }
     }
 
@@ -544,24 +582,23 @@ impl Writer {
     /// Stores the backlog in transactions; false when the store failed (retry later).
     async fn write_backlog(&mut self) -> bool {
         while !self.backlog.is_empty() {
-            let n = self.backlog.len().min(MAX_BATCH);
-            // Sessions' chunks arrive interleaved; the store keeps a session's consecutive
-            // events as one block (one row), so each session's events go together. The sort is
-            // stable: every session keeps its order. Without it a batch of many busy sessions
-            // was hundreds of blocks of a few events, and SQLite spent most of the recorder's
-            // time on rows and index entries.
-            let front = &mut self.backlog.make_contiguous()[..n];
-            // Already grouped unless a retry joined two rounds: sorting the events themselves
-            // (large values) every round was a large share of the writer's copying.
-            if !front.is_sorted_by_key(|e| e.session_id) {
-                front.sort_by_key(|e| e.session_id);
+            // Whole blocks, up to MAX_BATCH events (at least one block). Each block is a row
+            // and was made whole by `chain`: a session's events of a round together.
+            let mut n = 0;
+            let mut events = 0;
+            for block in &self.backlog {
+                if n > 0 && events + block.len() > MAX_BATCH {
+                    break;
+                }
+                n += 1;
+                events += block.len();
             }
             let started = Instant::now();
             let appended = self.append_front(n).await;
             let m = metrics::get();
             m.recorder_commit_duration
                 .record(started.elapsed().as_secs_f64());
-            m.recorder_batch_events.record(n as f64);
+            m.recorder_batch_events.record(events as f64);
             let failure = match appended {
                 Ok(()) => None,
                 // An earlier attempt that gave up waiting may have committed after all, in
@@ -581,10 +618,10 @@ impl Writer {
             }
             self.inner.store_healthy.store(true, Ordering::Relaxed);
             let mut done: HashMap<Uuid, u64> = HashMap::new();
-            for event in self.backlog.drain(..n) {
-                done.insert(event.session_id, event.seq as u64 + 1);
+            for block in self.backlog.drain(..n) {
+                done.insert(block.session_id(), block.last_seq() as u64 + 1);
             }
-            self.inner.buffered.fetch_sub(n, Ordering::Relaxed);
+            self.inner.buffered.fetch_sub(events, Ordering::Relaxed);
             for (id, committed) in done {
                 if let Some(recording) = self.recordings.get(&id) {
                     recording.progress.advance(committed);
@@ -594,14 +631,14 @@ impl Writer {
         true
     }
 
-    /// Appends the first `n` backlog events in one transaction. Past `commit_timeout` the
+    /// Appends the first `n` backlog blocks in one transaction. Past `commit_timeout` the
     /// strict sessions waiting on it are ended (they may not wait longer), but the commit is
     /// still awaited, up to [`hard_timeout`]: abandoning it early would leave its outcome
     /// unknown.
     async fn append_front(&mut self, n: usize) -> Result<(), StoreError> {
         self.backlog.make_contiguous();
         let batch = &self.backlog.as_slices().0[..n];
-        let append = self.store.append_events(batch);
+        let append = self.store.append_blocks(batch);
         tokio::pin!(append);
         tokio::select! {
             result = &mut append => return result,
@@ -611,7 +648,7 @@ impl Writer {
             "the store did not commit within {} ms",
             self.commit_timeout.as_millis()
         );
-        let waiting: std::collections::HashSet<Uuid> = batch.iter().map(|e| e.session_id).collect();
+        let waiting: HashSet<Uuid> = batch.iter().map(EventBlock::session_id).collect();
         self.fail_strict(waiting, &why);
         match tokio::time::timeout(hard_timeout(self.commit_timeout), append).await {
             Ok(result) => result,
@@ -619,14 +656,18 @@ impl Writer {
         }
     }
 
-    /// Removes from the front `n` of the backlog the events the store already holds (checking
-    /// they are the same events), after a batch was refused as a duplicate.
+    /// Removes from the front `n` blocks of the backlog those the store already holds
+    /// (checking they are the same events), after a batch was refused as a duplicate. Blocks
+    /// go to the store whole, in one transaction each attempt, so a block is stored whole or
+    /// not at all.
     async fn drop_stored(&mut self, n: usize) -> Result<(), String> {
         let mut ranges: HashMap<Uuid, (i64, i64)> = HashMap::new();
-        for e in self.backlog.iter().take(n) {
-            let r = ranges.entry(e.session_id).or_insert((e.seq, e.seq));
-            r.0 = r.0.min(e.seq);
-            r.1 = r.1.max(e.seq);
+        for block in self.backlog.iter().take(n) {
+            let r = ranges
+                .entry(block.session_id())
+                .or_insert((block.first_seq(), block.last_seq()));
+            r.0 = r.0.min(block.first_seq());
+            r.1 = r.1.max(block.last_seq());
         }
         let mut stored: HashMap<(Uuid, i64), Vec<u8>> = HashMap::new();
         for (id, (lowest, highest)) in ranges {
@@ -639,24 +680,45 @@ impl Writer {
                 stored.insert((e.session_id, e.seq), e.hash);
             }
         }
-        let mut kept = VecDeque::with_capacity(self.backlog.len());
-        let mut dropped = 0;
-        for (i, e) in self.backlog.drain(..).enumerate() {
-            match stored.get(&(e.session_id, e.seq)) {
-                Some(hash) if i < n && *hash == e.hash => {
-                    dropped += 1;
-                    if let Some(recording) = self.recordings.get(&e.session_id) {
-                        recording.progress.advance(e.seq as u64 + 1);
+        // Which of the front blocks the store holds, decided before anything is removed: on a
+        // mismatch the backlog stays whole.
+        let mut held_blocks = 0;
+        for block in self.backlog.iter().take(n) {
+            let id = block.session_id();
+            let mut held = 0;
+            for (seq, hash) in (block.first_seq()..).zip(block.hashes()) {
+                match stored.get(&(id, seq)) {
+                    Some(same) if same == hash => held += 1,
+                    Some(_) => {
+                        error!(session = %id, seq, "the store holds a different event under this seq");
+                        return Err(format!(
+                            "the store holds a different event as {id} seq {seq}"
+                        ));
                     }
+                    None => {}
                 }
-                Some(_) if i < n => {
-                    error!(session = %e.session_id, seq = e.seq, "the store holds a different event under this seq");
-                    return Err(format!(
-                        "the store holds a different event as {} seq {}",
-                        e.session_id, e.seq
-                    ));
+            }
+            if held == block.len() {
+                held_blocks += 1;
+            } else if held > 0 {
+                return Err(format!(
+                    "the store holds part of a block of {id} (seq {} to {})",
+                    block.first_seq(),
+                    block.last_seq()
+                ));
+            }
+        }
+        let mut kept = VecDeque::with_capacity(self.backlog.len() - held_blocks);
+        let mut dropped = 0;
+        for (i, block) in self.backlog.drain(..).enumerate() {
+            let id = block.session_id();
+            if i < n && stored.contains_key(&(id, block.first_seq())) {
+                dropped += block.len();
+                if let Some(recording) = self.recordings.get(&id) {
+                    recording.progress.advance(block.last_seq() as u64 + 1);
                 }
-                _ => kept.push_back(e),
+            } else {
+                kept.push_back(block);
             }
         }
         self.backlog = kept;
@@ -681,7 +743,7 @@ impl Writer {
             None => {
                 warn!(
                     error = why,
-                    waiting = self.backlog.len(),
+                    waiting = self.backlog.iter().map(EventBlock::len).sum::<usize>(),
                     "cannot store recordings; retrying"
                 );
                 RETRY_MIN
@@ -690,13 +752,12 @@ impl Writer {
         };
         self.retry = Some(next);
         self.inner.store_healthy.store(false, Ordering::Relaxed);
-        let waiting: std::collections::HashSet<Uuid> =
-            self.backlog.iter().map(|e| e.session_id).collect();
+        let waiting: HashSet<Uuid> = self.backlog.iter().map(EventBlock::session_id).collect();
         self.fail_strict(waiting, why);
     }
 
     /// Ends the strict sessions among `sessions`: their statements cannot be recorded in time.
-    fn fail_strict(&self, sessions: std::collections::HashSet<Uuid>, why: &str) {
+    fn fail_strict(&self, sessions: HashSet<Uuid>, why: &str) {
         for id in sessions {
             if let Some(recording) = self.recordings.get(&id)
                 && recording.progress.policy == RecordingPolicy::Strict
@@ -755,13 +816,12 @@ impl Writer {
             .iter()
             .map(|job| job.events.len())
             .sum();
-        let lost = self.backlog.len() + queued;
+        let lost = self.backlog.iter().map(EventBlock::len).sum::<usize>() + queued;
         // Seen only by a scrape racing the exit; the log and the exit status say it for sure.
         metrics::get()
             .recorder_events_dropped
             .increment(lost as u64);
-        let sessions: std::collections::HashSet<Uuid> =
-            self.backlog.iter().map(|e| e.session_id).collect();
+        let sessions: HashSet<Uuid> = self.backlog.iter().map(EventBlock::session_id).collect();
         error!(
             events = lost,
             sessions = sessions.len(),

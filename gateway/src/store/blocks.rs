@@ -1,11 +1,13 @@
 //! Recording events stored in blocks, shared by both engines.
 //!
 //! A block is one row holding a run of consecutive events of one session (see
-//! `migrations/*/0005_recording_blocks.sql` for the columns and why). The `Store` API still takes
-//! and returns [`StoredEvent`]s: this module packs a batch into blocks and unpacks stored blocks
-//! into events, checking every length so that a row edited by hand is `Corrupt`, never a panic.
+//! `migrations/*/0005_recording_blocks.sql` for the columns and why). The recorder's writer
+//! builds [`EventBlock`]s directly, event by event as it chains them, so that the forwarding
+//! path's events never exist as separate values on the way to the store; `append_events` packs a
+//! batch of [`StoredEvent`]s into blocks the same way. Stored blocks are unpacked into events,
+//! checking every length so that a row edited by hand is `Corrupt`, never a panic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -15,10 +17,10 @@ use super::{StoreError, StoreResult, StoredEvent};
 /// Events per block at most. The writer's batches rarely reach it (a block holds what one
 /// session produced in one flush, typically tens to hundreds of events); it bounds what a reader
 /// asking for a few events may have to load.
-pub(super) const MAX_BLOCK_EVENTS: usize = 1_000;
+pub const MAX_BLOCK_EVENTS: usize = 1_000;
 
 /// Bytes of bodies per block at most, for the same reason; a bigger body gets a block of its own.
-pub(super) const MAX_BLOCK_BODY_BYTES: usize = 1 << 20;
+pub const MAX_BLOCK_BODY_BYTES: usize = 1 << 20;
 
 const HASH_LEN: usize = 32;
 const AT_LEN: usize = 8;
@@ -27,24 +29,148 @@ const KIND_SEPARATOR: char = ',';
 /// so a canonical JSON body never holds a raw newline.
 const BODY_SEPARATOR: char = '\n';
 
-/// A block about to be stored: a run of `events` packed into the columns.
-#[derive(Debug)]
-pub(super) struct NewBlock<'b> {
-    pub session_id: Uuid,
-    pub first_seq: i64,
-    pub last_seq: i64,
-    pub first_at: DateTime<Utc>,
-    pub last_at: DateTime<Utc>,
+/// A run of consecutive, chained events of one session, packed into the columns of one row.
+/// Only [`EventBlock::push`] adds events, and it keeps the columns consistent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBlock {
+    pub(super) session_id: Uuid,
+    pub(super) first_seq: i64,
+    pub(super) last_seq: i64,
+    pub(super) first_at: DateTime<Utc>,
+    pub(super) last_at: DateTime<Utc>,
     /// The events' kinds joined by ','.
-    pub kinds: String,
+    pub(super) kinds: String,
     /// The events' bodies joined by '\n'.
-    pub body: String,
+    pub(super) body: String,
     /// Each event's time: 8-byte big-endian microseconds since the epoch.
-    pub ats: Vec<u8>,
+    pub(super) ats: Vec<u8>,
     /// The first event's `prev_hash`; each later event's is the hash before it.
-    pub prev_hash: &'b [u8],
+    pub(super) prev_hash: [u8; HASH_LEN],
     /// The events' hashes, 32 bytes each.
-    pub hashes: Vec<u8>,
+    pub(super) hashes: Vec<u8>,
+}
+
+/// Why an event cannot join a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unstorable {
+    /// Its body holds a raw newline, which canonical JSON never does.
+    Newline,
+    /// Its kind is empty or holds a ','.
+    Kind,
+}
+
+impl std::fmt::Display for Unstorable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unstorable::Newline => "its body holds a raw newline, which canonical JSON never does",
+            Unstorable::Kind => "its kind is empty or holds a ','",
+        })
+    }
+}
+
+impl EventBlock {
+    /// An empty block whose first event will be `first_seq`, linked to `prev_hash`.
+    pub fn new(session_id: Uuid, first_seq: i64, prev_hash: [u8; HASH_LEN]) -> EventBlock {
+        EventBlock {
+            session_id,
+            first_seq,
+            last_seq: first_seq - 1,
+            first_at: DateTime::<Utc>::MIN_UTC,
+            last_at: DateTime::<Utc>::MIN_UTC,
+            kinds: String::new(),
+            body: String::new(),
+            ats: Vec::new(),
+            prev_hash,
+            hashes: Vec::new(),
+        }
+    }
+
+    pub fn session_id(&self) -> Uuid {
+        self.session_id
+    }
+
+    pub fn first_seq(&self) -> i64 {
+        self.first_seq
+    }
+
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    /// The hash of the last event (the first one's `prev_hash` while empty).
+    pub fn last_hash(&self) -> &[u8] {
+        match self.hashes.len() {
+            0 => &self.prev_hash,
+            n => &self.hashes[n - HASH_LEN..],
+        }
+    }
+
+    /// How many events it holds.
+    pub fn len(&self) -> usize {
+        self.hashes.len() / HASH_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Whether an event with a body of `body_len` bytes may join without passing the caps
+    /// ([`MAX_BLOCK_EVENTS`], [`MAX_BLOCK_BODY_BYTES`]); an empty block takes any body.
+    pub fn has_room(&self, body_len: usize) -> bool {
+        self.is_empty()
+            || (self.len() < MAX_BLOCK_EVENTS
+                && self.body.len() + 1 + body_len <= MAX_BLOCK_BODY_BYTES)
+    }
+
+    /// Room for `events` more events and `body_bytes` more bytes of bodies, reserved at once.
+    pub fn reserve(&mut self, events: usize, body_bytes: usize) {
+        self.kinds.reserve(events * 16);
+        self.body.reserve(body_bytes + events);
+        self.ats.reserve(events * AT_LEN);
+        self.hashes.reserve(events * HASH_LEN);
+    }
+
+    /// Whether an event of `kind` with `body` can be stored in a block and given back as it was.
+    pub fn check(kind: &str, body: &str) -> Result<(), Unstorable> {
+        if kind.is_empty() || kind.contains(KIND_SEPARATOR) {
+            return Err(Unstorable::Kind);
+        }
+        if body.as_bytes().contains(&b'\n') {
+            return Err(Unstorable::Newline);
+        }
+        Ok(())
+    }
+
+    /// The events' hashes, in order.
+    pub fn hashes(&self) -> impl Iterator<Item = &[u8]> {
+        self.hashes.chunks_exact(HASH_LEN)
+    }
+
+    /// Appends the next event: seq [`EventBlock::last_seq`] + 1, its predecessor's hash being
+    /// [`EventBlock::last_hash`] (the caller chained it so).
+    pub fn push(
+        &mut self,
+        at: DateTime<Utc>,
+        kind: &str,
+        body: &str,
+        hash: &[u8; HASH_LEN],
+    ) -> Result<(), Unstorable> {
+        EventBlock::check(kind, body)?;
+        if self.is_empty() {
+            self.first_at = at;
+        } else {
+            self.kinds.push(KIND_SEPARATOR);
+            self.body.push(BODY_SEPARATOR);
+        }
+        self.kinds.push_str(kind);
+        self.body.push_str(body);
+        self.ats
+            .extend_from_slice(&at.timestamp_micros().to_be_bytes());
+        self.hashes.extend_from_slice(hash);
+        self.last_at = at;
+        self.last_seq += 1;
+        Ok(())
+    }
 }
 
 /// Cuts `batch` into blocks: maximal runs, in batch order, of events of one session whose seqs
@@ -52,27 +178,32 @@ pub(super) struct NewBlock<'b> {
 /// be stored), within [`MAX_BLOCK_EVENTS`] and [`MAX_BLOCK_BODY_BYTES`]. Refuses, as `Corrupt`,
 /// an event that a block could not give back as it was (a raw newline in its body, a ',' in its
 /// kind, hashes that are not 32 bytes).
-pub(super) fn blocks_of(batch: &[StoredEvent]) -> StoreResult<Vec<NewBlock<'_>>> {
+pub(super) fn blocks_of(batch: &[StoredEvent]) -> StoreResult<Vec<EventBlock>> {
+    let mut blocks: Vec<EventBlock> = Vec::new();
+    let mut before: Option<&StoredEvent> = None;
     for event in batch {
-        check_storable(event)?;
-    }
-    let mut blocks = Vec::new();
-    let mut start = 0;
-    let mut body_bytes = 0;
-    for (i, event) in batch.iter().enumerate() {
-        if i > start
-            && (!continues(&batch[i - 1], event)
-                || i - start >= MAX_BLOCK_EVENTS
-                || body_bytes + event.body.len() > MAX_BLOCK_BODY_BYTES)
-        {
-            blocks.push(pack(&batch[start..i]));
-            start = i;
-            body_bytes = 0;
+        let refuse = |why: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("{} cannot be stored: {why}", event_label(event)))
+        };
+        if event.seq < 0 {
+            return Err(refuse(&"its seq is negative"));
         }
-        body_bytes += event.body.len() + 1;
-    }
-    if start < batch.len() {
-        blocks.push(pack(&batch[start..]));
+        let (Ok(prev_hash), Ok(hash)) = (
+            <[u8; HASH_LEN]>::try_from(event.prev_hash.as_slice()),
+            <&[u8; HASH_LEN]>::try_from(event.hash.as_slice()),
+        ) else {
+            return Err(refuse(&"its prev_hash and hash must be 32 bytes each"));
+        };
+        let joins = before.is_some_and(|b| continues(b, event))
+            && blocks.last().is_some_and(|b| b.has_room(event.body.len()));
+        if !joins {
+            blocks.push(EventBlock::new(event.session_id, event.seq, prev_hash));
+        }
+        let block = blocks.last_mut().expect("a block was just pushed");
+        block
+            .push(event.at, &event.kind, &event.body, hash)
+            .map_err(|why| refuse(&why))?;
+        before = Some(event);
     }
     Ok(blocks)
 }
@@ -83,62 +214,8 @@ fn continues(before: &StoredEvent, event: &StoredEvent) -> bool {
         && event.prev_hash == before.hash
 }
 
-fn check_storable(event: &StoredEvent) -> StoreResult<()> {
-    let refuse = |why: &str| {
-        Err(StoreError::Corrupt(format!(
-            "{} cannot be stored: {why}",
-            event_label(event)
-        )))
-    };
-    if event.seq < 0 {
-        return refuse("its seq is negative");
-    }
-    if event.kind.is_empty() || event.kind.contains(KIND_SEPARATOR) {
-        return refuse("its kind is empty or holds a ','");
-    }
-    if event.body.contains(BODY_SEPARATOR) {
-        return refuse("its body holds a raw newline, which canonical JSON never does");
-    }
-    if event.prev_hash.len() != HASH_LEN || event.hash.len() != HASH_LEN {
-        return refuse("its prev_hash and hash must be 32 bytes each");
-    }
-    Ok(())
-}
-
-/// Packs a non-empty run of events that [`continues`] links.
-fn pack(run: &[StoredEvent]) -> NewBlock<'_> {
-    let (first, last) = (&run[0], &run[run.len() - 1]);
-    let body_len = run.iter().map(|e| e.body.len() + 1).sum();
-    let mut kinds = String::with_capacity(run.iter().map(|e| e.kind.len() + 1).sum());
-    let mut body = String::with_capacity(body_len);
-    let mut ats = Vec::with_capacity(run.len() * AT_LEN);
-    let mut hashes = Vec::with_capacity(run.len() * HASH_LEN);
-    for (i, event) in run.iter().enumerate() {
-        if i > 0 {
-            kinds.push(KIND_SEPARATOR);
-            body.push(BODY_SEPARATOR);
-        }
-        kinds.push_str(&event.kind);
-        body.push_str(&event.body);
-        ats.extend_from_slice(&event.at.timestamp_micros().to_be_bytes());
-        hashes.extend_from_slice(&event.hash);
-    }
-    NewBlock {
-        session_id: first.session_id,
-        first_seq: first.seq,
-        last_seq: last.seq,
-        first_at: first.at,
-        last_at: last.at,
-        kinds,
-        body,
-        ats,
-        prev_hash: &first.prev_hash,
-        hashes,
-    }
-}
-
 /// Whether two blocks of the batch share a `(session, seq)`.
-pub(super) fn overlap_within(blocks: &[NewBlock<'_>]) -> bool {
+pub(super) fn overlap_within(blocks: &[EventBlock]) -> bool {
     let mut ranges: Vec<(Uuid, i64, i64)> = blocks
         .iter()
         .map(|b| (b.session_id, b.first_seq, b.last_seq))
@@ -260,44 +337,64 @@ pub(super) fn event_label(event: &StoredEvent) -> String {
 }
 
 /// Each session of a batch with the lowest and highest seq the batch holds for it.
-pub(super) fn seq_ranges(batch: &[StoredEvent]) -> HashMap<Uuid, (i64, i64)> {
+pub(super) fn seq_ranges(blocks: &[EventBlock]) -> HashMap<Uuid, (i64, i64)> {
     let mut ranges = HashMap::new();
-    for event in batch {
+    for block in blocks.iter().filter(|b| !b.is_empty()) {
         let (lowest, highest) = ranges
-            .entry(event.session_id)
-            .or_insert((event.seq, event.seq));
-        *lowest = event.seq.min(*lowest);
-        *highest = event.seq.max(*highest);
+            .entry(block.session_id)
+            .or_insert((block.first_seq, block.last_seq));
+        *lowest = block.first_seq.min(*lowest);
+        *highest = block.last_seq.max(*highest);
     }
     ranges
 }
 
-/// The first event of `batch` whose (session, seq) an earlier event of the batch or a stored
-/// block (`stored`: the `(first_seq, last_seq)` of blocks per session) already has.
-pub(super) fn first_repeated<'b>(
-    batch: &'b [StoredEvent],
+/// The first event of `blocks` (session and seq, in batch order) that an earlier block of the
+/// batch or a stored block (`stored`: the `(first_seq, last_seq)` of blocks per session)
+/// already has.
+pub(super) fn first_repeated(
+    blocks: &[EventBlock],
     stored: &HashMap<Uuid, Vec<(i64, i64)>>,
-) -> Option<&'b StoredEvent> {
-    let mut seen = HashSet::new();
-    batch.iter().find(|event| {
-        !seen.insert((event.session_id, event.seq))
-            || stored.get(&event.session_id).is_some_and(|ranges| {
-                ranges
-                    .iter()
-                    .any(|&(first, last)| (first..=last).contains(&event.seq))
-            })
-    })
+) -> Option<(Uuid, i64)> {
+    let mut seen: HashMap<Uuid, Vec<(i64, i64)>> = HashMap::new();
+    for block in blocks.iter().filter(|b| !b.is_empty()) {
+        let (first, last) = (block.first_seq, block.last_seq);
+        let earlier = seen.entry(block.session_id).or_default();
+        let repeated = earlier
+            .iter()
+            .chain(stored.get(&block.session_id).into_iter().flatten())
+            .filter(|&&(from, to)| from <= last && first <= to)
+            .map(|&(from, _)| from.max(first))
+            .min();
+        if let Some(seq) = repeated {
+            return Some((block.session_id, seq));
+        }
+        earlier.push((first, last));
+    }
+    None
 }
 
 /// The `Duplicate` error naming the first repeated event of a batch found to overlap.
 pub(super) fn duplicate(
-    batch: &[StoredEvent],
+    blocks: &[EventBlock],
     stored: &HashMap<Uuid, Vec<(i64, i64)>>,
 ) -> Option<StoreError> {
-    first_repeated(batch, stored).map(|event| StoreError::Duplicate {
+    first_repeated(blocks, stored).map(|(session_id, seq)| StoreError::Duplicate {
         what: "event",
-        name: event_label(event),
+        name: format!("{session_id} seq {seq}"),
     })
+}
+
+/// Checks a batch before it is stored: no empty block (a row must hold an event).
+pub(super) fn check_batch(blocks: &[EventBlock]) -> StoreResult<()> {
+    match blocks.iter().find(|b| b.is_empty() || b.first_seq < 0) {
+        Some(b) => Err(StoreError::Corrupt(format!(
+            "a recording block of session {} starting at seq {} cannot be stored: it holds no \
+             event or its seq is negative",
+            b.session_id, b.first_seq
+        ))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -326,7 +423,7 @@ mod tests {
         seqs.map(|seq| event(session_id, seq)).collect()
     }
 
-    fn stored(block: &NewBlock<'_>) -> StoredBlock {
+    fn stored(block: &EventBlock) -> StoredBlock {
         StoredBlock {
             first_seq: block.first_seq,
             last_seq: block.last_seq,
@@ -443,15 +540,68 @@ mod tests {
     fn the_first_repeated_event_is_named_whether_repeated_in_the_batch_or_stored() {
         let a = Uuid::from_u128(1);
         let mut batch = run(a, 0..6);
-        batch.push(event(a, 2));
+        batch.extend(run(a, 2..3));
+        let blocks = blocks_of(&batch).unwrap();
         let none = HashMap::new();
-        assert_eq!(first_repeated(&batch, &none).map(|e| e.seq), Some(2));
+        assert_eq!(first_repeated(&blocks, &none), Some((a, 2)));
         let stored = HashMap::from([(a, vec![(4, 5)])]);
-        assert_eq!(first_repeated(&batch, &stored).map(|e| e.seq), Some(4));
+        assert_eq!(first_repeated(&blocks, &stored), Some((a, 4)));
         assert_eq!(
-            duplicate(&batch, &stored).unwrap().to_string(),
+            duplicate(&blocks, &stored).unwrap().to_string(),
             format!("event '{a} seq 4' already exists")
         );
+        let b = Uuid::from_u128(2);
+        let other = blocks_of(&run(b, 0..3)).unwrap();
+        assert_eq!(first_repeated(&other, &stored), None);
+    }
+
+    #[test]
+    fn a_block_built_event_by_event_equals_the_packed_events() {
+        let batch = run(Uuid::nil(), 4..9);
+        let mut block = EventBlock::new(
+            Uuid::nil(),
+            4,
+            batch[0].prev_hash.clone().try_into().unwrap(),
+        );
+        block.reserve(5, 200);
+        for e in &batch {
+            assert_eq!(block.last_hash(), e.prev_hash.as_slice());
+            assert!(block.has_room(e.body.len()));
+            block
+                .push(
+                    e.at,
+                    &e.kind,
+                    &e.body,
+                    e.hash.as_slice().try_into().unwrap(),
+                )
+                .unwrap();
+        }
+        assert_eq!(blocks_of(&batch).unwrap(), [block.clone()]);
+        assert_eq!(
+            (block.len(), block.first_seq(), block.last_seq()),
+            (5, 4, 8)
+        );
+        let hash = [0; 32];
+        assert_eq!(
+            block.push(batch[0].at, "", "{}", &hash),
+            Err(Unstorable::Kind)
+        );
+        assert_eq!(
+            block.push(batch[0].at, "a,b", "{}", &hash),
+            Err(Unstorable::Kind)
+        );
+        assert_eq!(
+            block.push(batch[0].at, "q", "{\n}", &hash),
+            Err(Unstorable::Newline)
+        );
+        assert_eq!(block.len(), 5, "a refused event leaves the block as it was");
+    }
+
+    #[test]
+    fn empty_blocks_are_refused_before_they_reach_a_row() {
+        let empty = EventBlock::new(Uuid::nil(), 0, [0; 32]);
+        assert!(matches!(check_batch(&[empty]), Err(StoreError::Corrupt(_))));
+        assert!(check_batch(&blocks_of(&run(Uuid::nil(), 0..2)).unwrap()).is_ok());
     }
 
     #[test]

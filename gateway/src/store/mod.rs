@@ -6,6 +6,7 @@
 //! (`tests/tests/store.rs`) runs against both.
 
 mod blocks;
+pub use blocks::{EventBlock, MAX_BLOCK_BODY_BYTES, MAX_BLOCK_EVENTS, Unstorable};
 pub mod cancel;
 pub mod console;
 pub mod models;
@@ -135,13 +136,19 @@ pub trait Store: ConsoleStore + SearchStore + cancel::CancelStore + Send + Sync 
     async fn revoked_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<Uuid>>;
 
     // --- recordings ---
-    /// Appends a batch of events (of one or several sessions) in one transaction: all or none.
-    /// A `(session_id, seq)` that already exists fails the whole batch with `Duplicate`, naming
-    /// the first such event of the batch. Events are stored in blocks (runs of consecutive
-    /// events of one session), so an event that a block could not give back as it was (a raw
-    /// newline in its body, which canonical JSON never has, a ',' in its kind, hashes that are
-    /// not 32 bytes) fails the batch with `Corrupt`.
-    async fn append_events(&self, batch: &[StoredEvent]) -> StoreResult<()>;
+    /// Appends a batch of blocks (runs of chained events, of one or several sessions; see
+    /// [`EventBlock`]) in one transaction: all or none, each block one row. A `(session_id,
+    /// seq)` that already exists fails the whole batch with `Duplicate`, naming the first such
+    /// event of the batch; an empty block fails it with `Corrupt`.
+    async fn append_blocks(&self, blocks: &[EventBlock]) -> StoreResult<()>;
+    /// Appends a batch of events like [`Store::append_blocks`], packed into blocks (runs of
+    /// consecutive, linked events of one session). An event that a block could not give back as
+    /// it was (a raw newline in its body, which canonical JSON never has, a ',' in its kind,
+    /// hashes that are not 32 bytes) fails the batch with `Corrupt`.
+    async fn append_events(&self, batch: &[StoredEvent]) -> StoreResult<()> {
+        let blocks = blocks::blocks_of(batch)?;
+        self.append_blocks(&blocks).await
+    }
     /// Events of a session with `seq >= from_seq`, in order, at most `limit` (fewer only when
     /// there are no more, even if blocks are missing in between). A stored block whose columns
     /// disagree is `Corrupt`, naming the session and the block.

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::blocks::{self, NewBlock, StoredBlock, seq_ranges};
+use super::blocks::{self, EventBlock, StoredBlock, seq_ranges};
 use super::models::{
     decode_end_reason, decode_port, decode_recording, decode_retention, decode_subject,
     decode_tls_mode, duplicate_or_query, grant_label, is_foreign_key_violation, now,
@@ -352,7 +352,7 @@ enum Inserted {
 impl PgStore {
     async fn insert_blocks(
         tx: &mut sqlx::PgConnection,
-        blocks: &[NewBlock<'_>],
+        blocks: &[EventBlock],
     ) -> Result<Inserted, sqlx::Error> {
         let mut ids: Vec<Uuid> = blocks.iter().map(|b| b.session_id).collect();
         ids.sort_unstable();
@@ -362,7 +362,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         for chunk in blocks.chunks(BLOCKS_PER_INSERT) {
-            let column = |f: fn(&NewBlock<'_>) -> i64| chunk.iter().map(f).collect::<Vec<_>>();
+            let column = |f: fn(&EventBlock) -> i64| chunk.iter().map(f).collect::<Vec<_>>();
             let done = sqlx::query(INSERT_BLOCKS)
                 .bind(chunk.iter().map(|b| b.session_id).collect::<Vec<_>>())
                 .bind(column(|b| b.first_seq))
@@ -372,7 +372,7 @@ impl PgStore {
                 .bind(chunk.iter().map(|b| b.kinds.as_str()).collect::<Vec<_>>())
                 .bind(chunk.iter().map(|b| b.body.as_str()).collect::<Vec<_>>())
                 .bind(chunk.iter().map(|b| b.ats.as_slice()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|b| b.prev_hash).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|b| &b.prev_hash[..]).collect::<Vec<_>>())
                 .bind(
                     chunk
                         .iter()
@@ -391,12 +391,12 @@ impl PgStore {
     }
 }
 
-/// Error paths of `append_events`. A failed batch is rolled back whole; these look at what is
+/// Error paths of `append_blocks`. A failed batch is rolled back whole; these look at what is
 /// stored to name the event or session that made it fail (as the SQLite engine does, rather
 /// than parsing the server's message, whose wording depends on its language). They cost
 /// queries only when a batch fails.
 impl PgStore {
-    async fn rejected_batch(&self, batch: &[StoredEvent], err: sqlx::Error) -> StoreError {
+    async fn rejected_batch(&self, batch: &[EventBlock], err: sqlx::Error) -> StoreError {
         let named = match &err {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 self.first_duplicate_event(batch).await
@@ -413,22 +413,19 @@ impl PgStore {
     }
 
     /// The `Duplicate` error of a batch found to overlap itself or a stored block.
-    async fn overlapping_batch(&self, batch: &[StoredEvent]) -> StoreError {
+    async fn overlapping_batch(&self, batch: &[EventBlock]) -> StoreError {
         match self.first_duplicate_event(batch).await {
             Ok(Some(named)) => named,
             Err(e) => e,
             // The overlap was seen, so this takes a concurrent removal: name the first event.
             Ok(None) => StoreError::Duplicate {
                 what: "event",
-                name: blocks::event_label(&batch[0]),
+                name: format!("{} seq {}", batch[0].session_id(), batch[0].first_seq()),
             },
         }
     }
 
-    async fn first_duplicate_event(
-        &self,
-        batch: &[StoredEvent],
-    ) -> StoreResult<Option<StoreError>> {
+    async fn first_duplicate_event(&self, batch: &[EventBlock]) -> StoreResult<Option<StoreError>> {
         let mut stored = HashMap::new();
         for (session_id, (lowest, highest)) in seq_ranges(batch) {
             let ranges: Vec<(i64, i64)> = sqlx::query_as(STORED_RANGES)
@@ -442,10 +439,7 @@ impl PgStore {
         Ok(blocks::duplicate(batch, &stored))
     }
 
-    async fn first_unknown_session(
-        &self,
-        batch: &[StoredEvent],
-    ) -> StoreResult<Option<StoreError>> {
+    async fn first_unknown_session(&self, batch: &[EventBlock]) -> StoreResult<Option<StoreError>> {
         for session_id in seq_ranges(batch).into_keys() {
             let known: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)")
@@ -877,25 +871,25 @@ impl Store for PgStore {
         Ok(ids)
     }
 
-    async fn append_events(&self, batch: &[StoredEvent]) -> StoreResult<()> {
-        if batch.is_empty() {
+    async fn append_blocks(&self, blocks: &[EventBlock]) -> StoreResult<()> {
+        if blocks.is_empty() {
             return Ok(());
         }
-        let blocks = blocks::blocks_of(batch)?;
-        if blocks::overlap_within(&blocks) {
-            return Err(self.overlapping_batch(batch).await);
+        blocks::check_batch(blocks)?;
+        if blocks::overlap_within(blocks) {
+            return Err(self.overlapping_batch(blocks).await);
         }
         // One transaction for the whole batch: all of it is durable at the commit, or none.
         let mut tx = self.pool.begin().await?;
-        match Self::insert_blocks(&mut tx, &blocks).await {
+        match Self::insert_blocks(&mut tx, blocks).await {
             Ok(Inserted::All) => {}
             Ok(Inserted::Overlap) => {
                 tx.rollback().await?;
-                return Err(self.overlapping_batch(batch).await);
+                return Err(self.overlapping_batch(blocks).await);
             }
             Err(err) => {
                 tx.rollback().await?;
-                return Err(self.rejected_batch(batch, err).await);
+                return Err(self.rejected_batch(blocks, err).await);
             }
         }
         tx.commit().await?;

@@ -19,7 +19,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::blocks::{self, NewBlock, StoredBlock, seq_ranges};
+use super::blocks::{self, EventBlock, StoredBlock, seq_ranges};
 use super::models::{
     decode_end_reason, decode_port, decode_recording, decode_retention, decode_subject,
     decode_tls_mode, duplicate_or_query, grant_label, is_foreign_key_violation, now,
@@ -421,7 +421,7 @@ impl SqliteStore {
     /// inserted, when one overlaps a stored block.
     async fn insert_blocks<'c>(
         executor: impl sqlx::Executor<'c, Database = Sqlite>,
-        blocks: &[NewBlock<'_>],
+        blocks: &[EventBlock],
     ) -> Result<bool, sqlx::Error> {
         let mut insert =
             QueryBuilder::<Sqlite>::new(concat!("WITH incoming (", block_columns!(), ") AS ("));
@@ -434,7 +434,7 @@ impl SqliteStore {
                 .push_bind(block.kinds.as_str())
                 .push_bind(block.body.as_str())
                 .push_bind(block.ats.as_slice())
-                .push_bind(block.prev_hash)
+                .push_bind(&block.prev_hash[..])
                 .push_bind(block.hashes.as_slice());
         });
         insert.push(")").push(INSERT_UNLESS_OVERLAP);
@@ -443,11 +443,11 @@ impl SqliteStore {
     }
 }
 
-/// Error paths of `append_events`. A failed batch is rolled back whole; these look at what is
+/// Error paths of `append_blocks`. A failed batch is rolled back whole; these look at what is
 /// stored to name the event or session that made it fail (SQLite's messages name neither). They
 /// cost queries only when a batch fails.
 impl SqliteStore {
-    async fn rejected_batch(&self, batch: &[StoredEvent], err: sqlx::Error) -> StoreError {
+    async fn rejected_batch(&self, batch: &[EventBlock], err: sqlx::Error) -> StoreError {
         let named = match &err {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 self.first_duplicate_event(batch).await
@@ -464,22 +464,19 @@ impl SqliteStore {
     }
 
     /// The `Duplicate` error of a batch found to overlap itself or a stored block.
-    async fn overlapping_batch(&self, batch: &[StoredEvent]) -> StoreError {
+    async fn overlapping_batch(&self, batch: &[EventBlock]) -> StoreError {
         match self.first_duplicate_event(batch).await {
             Ok(Some(named)) => named,
             Err(e) => e,
             // The overlap was seen, so this takes a concurrent removal: name the first event.
             Ok(None) => StoreError::Duplicate {
                 what: "event",
-                name: blocks::event_label(&batch[0]),
+                name: format!("{} seq {}", batch[0].session_id(), batch[0].first_seq()),
             },
         }
     }
 
-    async fn first_duplicate_event(
-        &self,
-        batch: &[StoredEvent],
-    ) -> StoreResult<Option<StoreError>> {
+    async fn first_duplicate_event(&self, batch: &[EventBlock]) -> StoreResult<Option<StoreError>> {
         let mut stored = HashMap::new();
         for (session_id, (lowest, highest)) in seq_ranges(batch) {
             let ranges: Vec<(i64, i64)> = sqlx::query_as(STORED_RANGES)
@@ -493,10 +490,7 @@ impl SqliteStore {
         Ok(blocks::duplicate(batch, &stored))
     }
 
-    async fn first_unknown_session(
-        &self,
-        batch: &[StoredEvent],
-    ) -> StoreResult<Option<StoreError>> {
+    async fn first_unknown_session(&self, batch: &[EventBlock]) -> StoreResult<Option<StoreError>> {
         for session_id in seq_ranges(batch).into_keys() {
             let known: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?)")
@@ -925,20 +919,20 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
-    async fn append_events(&self, batch: &[StoredEvent]) -> StoreResult<()> {
-        if batch.is_empty() {
+    async fn append_blocks(&self, blocks: &[EventBlock]) -> StoreResult<()> {
+        if blocks.is_empty() {
             return Ok(());
         }
-        let blocks = blocks::blocks_of(batch)?;
-        if blocks::overlap_within(&blocks) {
-            return Err(self.overlapping_batch(batch).await);
+        blocks::check_batch(blocks)?;
+        if blocks::overlap_within(blocks) {
+            return Err(self.overlapping_batch(blocks).await);
         }
         if blocks.len() <= BLOCKS_PER_INSERT {
             // One statement: atomic by itself.
-            return match Self::insert_blocks(&self.pool, &blocks).await {
+            return match Self::insert_blocks(&self.pool, blocks).await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(self.overlapping_batch(batch).await),
-                Err(err) => Err(self.rejected_batch(batch, err).await),
+                Ok(false) => Err(self.overlapping_batch(blocks).await),
+                Err(err) => Err(self.rejected_batch(blocks, err).await),
             };
         }
         // One transaction for the whole batch: all of it is durable at the commit, or none.
@@ -952,8 +946,8 @@ impl Store for SqliteStore {
             }
             tx.rollback().await?;
             return Err(match outcome {
-                Ok(_) => self.overlapping_batch(batch).await,
-                Err(err) => self.rejected_batch(batch, err).await,
+                Ok(_) => self.overlapping_batch(blocks).await,
+                Err(err) => self.rejected_batch(blocks, err).await,
             });
         }
         tx.commit().await?;

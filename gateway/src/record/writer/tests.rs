@@ -459,3 +459,86 @@ async fn a_full_disk_under_the_journal_ends_the_session_instead_of_forwarding() 
         "{failed}"
     );
 }
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_not_stored_twice() {
+    let f = fixture().await;
+    let (mut writer, handle) = writer(f.store.clone(), f.key.clone(), &settings(), None);
+    let target = target(RecordingPolicy::Buffered);
+    let (a, b) = (
+        session(&f.store, &target).await,
+        session(&f.store, &target).await,
+    );
+    let mut taps = Vec::new();
+    for info in [&a, &b] {
+        let start = Event {
+            seq: 0,
+            at: Utc::now(),
+            kind: crate::record::event::EventKind::Sync,
+        };
+        let progress = handle
+            .start(info.session_id, RecordingPolicy::Buffered, start)
+            .unwrap();
+        taps.push(crate::record::tap::StoreTap::new(
+            RecordingPolicy::Buffered,
+            crate::record::capture::Capture::new(Default::default()),
+            progress,
+            handle.clone(),
+        ));
+    }
+    for tap in &mut taps {
+        for i in 0..3 {
+            tap.frame(
+                Direction::ClientToServer,
+                frame(b'Q', format!("select {i}\0").as_bytes()),
+            );
+            tap.chunk_done(Direction::ClientToServer).unwrap();
+        }
+    }
+    let jobs = std::mem::take(&mut handle.inner.queue.lock().unwrap().jobs);
+    writer.chain(jobs).await;
+    assert_eq!(writer.backlog.len(), 2, "one block per session and round");
+    assert_eq!(handle.buffered(), 8);
+    // An earlier attempt committed the first block, but its answer never came back.
+    writer
+        .store
+        .append_blocks(&[writer.backlog[0].clone()])
+        .await
+        .unwrap();
+
+    assert!(writer.write_backlog().await, "the retry succeeds");
+    assert!(writer.backlog.is_empty());
+    assert_eq!(handle.buffered(), 0);
+    for info in [&a, &b] {
+        let stored = f
+            .store
+            .session_events(info.session_id, 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 4, "each event once");
+        chain::verify(info.session_id, &stored, None, &f.key.verifier()).unwrap();
+    }
+
+    // A store holding something else under those seqs is not papered over.
+    let c = session(&f.store, &target).await;
+    let start = Event {
+        seq: 0,
+        at: Utc::now(),
+        kind: crate::record::event::EventKind::Sync,
+    };
+    handle
+        .start(c.session_id, RecordingPolicy::Buffered, start)
+        .unwrap();
+    let jobs = std::mem::take(&mut handle.inner.queue.lock().unwrap().jobs);
+    writer.chain(jobs).await;
+    let mut forged = EventBlock::new(c.session_id, 0, chain::genesis(c.session_id));
+    forged
+        .push(Utc::now(), "sync", r#"{"other":1}"#, &[7; 32])
+        .unwrap();
+    f.store.append_blocks(&[forged]).await.unwrap();
+    assert!(
+        !writer.write_backlog().await,
+        "refused, kept for the operator"
+    );
+    assert_eq!(writer.backlog.len(), 1);
+}
