@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 mod json;
 
-pub use json::write_event;
+pub use json::{EventTimes, write_event, write_event_with};
 
 /// Version of the event format, stored with every recording.
 pub const FORMAT_VERSION: u32 = 1;

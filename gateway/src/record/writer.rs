@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::RecordingFailed;
 use super::chain::{Chain, RecordingKey, kind_name};
-use super::event::{Event, write_event};
+use super::event::{Event, EventTimes, write_event_with};
 use super::journal::{Journal, Segment};
 use super::recorder::RecorderSettings;
 use crate::metrics::{self, StoreOperation};
@@ -287,10 +287,11 @@ impl WriterHandle {
         // Dropped here, on the relay's thread, where their values were allocated: freeing
         // them on the writer's thread cost glibc's malloc more than the whole encoding.
         let mut text = String::with_capacity(n * 160);
+        let mut times = EventTimes::default();
         let encoded: Vec<Encoded> = events
             .drain(..)
             .map(|event| {
-                write_event(&event, &mut text);
+                write_event_with(&event, &mut text, &mut times);
                 Encoded {
                     seq: event.seq,
                     at: event.at,
