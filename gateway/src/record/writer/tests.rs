@@ -88,6 +88,24 @@ fn journaled(f: &Fixture) -> (RecorderSettings, std::path::PathBuf) {
     (settings, dir)
 }
 
+/// A buffered session's tap straight on a writer's handle (its start event, seq 0, handed over).
+fn buffered_tap(handle: &WriterHandle, session_id: Uuid) -> crate::record::tap::StoreTap {
+    let start = Event {
+        seq: 0,
+        at: Utc::now(),
+        kind: crate::record::event::EventKind::Sync,
+    };
+    let progress = handle
+        .start(session_id, RecordingPolicy::Buffered, start)
+        .unwrap();
+    crate::record::tap::StoreTap::new(
+        RecordingPolicy::Buffered,
+        crate::record::capture::Capture::new(Default::default()),
+        progress,
+        handle.clone(),
+    )
+}
+
 fn session_end() -> SessionEnd {
     SessionEnd {
         ended_at: Utc::now(),
@@ -259,20 +277,7 @@ async fn a_store_that_falls_behind_slows_sessions_down_instead_of_ending_them() 
     let (writer, handle) = writer(f.store.clone(), f.key.clone(), &settings, Some(journal));
     let target = target(RecordingPolicy::Buffered);
     let info = session(&f.store, &target).await;
-    let start = Event {
-        seq: 0,
-        at: Utc::now(),
-        kind: crate::record::event::EventKind::Sync,
-    };
-    let progress = handle
-        .start(info.session_id, RecordingPolicy::Buffered, start)
-        .unwrap();
-    let mut tap = crate::record::tap::StoreTap::new(
-        RecordingPolicy::Buffered,
-        crate::record::capture::Capture::new(Default::default()),
-        progress,
-        handle.clone(),
-    );
+    let mut tap = buffered_tap(&handle, info.session_id);
     // Under half the bound: journaled, forwarded at once.
     tap.frame(Direction::ClientToServer, frame(b'Q', b"select 1\0"));
     assert_eq!(tap.chunk_done(Direction::ClientToServer), Ok(Release::Now));
@@ -469,23 +474,10 @@ async fn a_commit_whose_answer_was_lost_is_not_stored_twice() {
         session(&f.store, &target).await,
         session(&f.store, &target).await,
     );
-    let mut taps = Vec::new();
-    for info in [&a, &b] {
-        let start = Event {
-            seq: 0,
-            at: Utc::now(),
-            kind: crate::record::event::EventKind::Sync,
-        };
-        let progress = handle
-            .start(info.session_id, RecordingPolicy::Buffered, start)
-            .unwrap();
-        taps.push(crate::record::tap::StoreTap::new(
-            RecordingPolicy::Buffered,
-            crate::record::capture::Capture::new(Default::default()),
-            progress,
-            handle.clone(),
-        ));
-    }
+    let mut taps = vec![
+        buffered_tap(&handle, a.session_id),
+        buffered_tap(&handle, b.session_id),
+    ];
     for tap in &mut taps {
         for i in 0..3 {
             tap.frame(
@@ -521,14 +513,7 @@ async fn a_commit_whose_answer_was_lost_is_not_stored_twice() {
 
     // A store holding something else under those seqs is not papered over.
     let c = session(&f.store, &target).await;
-    let start = Event {
-        seq: 0,
-        at: Utc::now(),
-        kind: crate::record::event::EventKind::Sync,
-    };
-    handle
-        .start(c.session_id, RecordingPolicy::Buffered, start)
-        .unwrap();
+    buffered_tap(&handle, c.session_id);
     let jobs = std::mem::take(&mut handle.inner.queue.lock().unwrap().jobs);
     writer.chain(jobs).await;
     let mut forged = EventBlock::new(c.session_id, 0, chain::genesis(c.session_id));
