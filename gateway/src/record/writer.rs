@@ -662,14 +662,7 @@ impl Writer {
     /// go to the store whole, in one transaction each attempt, so a block is stored whole or
     /// not at all.
     async fn drop_stored(&mut self, n: usize) -> Result<(), String> {
-        let mut ranges: HashMap<Uuid, (i64, i64)> = HashMap::new();
-        for block in self.backlog.iter().take(n) {
-            let r = ranges
-                .entry(block.session_id())
-                .or_insert((block.first_seq(), block.last_seq()));
-            r.0 = r.0.min(block.first_seq());
-            r.1 = r.1.max(block.last_seq());
-        }
+        let ranges = crate::store::seq_ranges(&self.backlog.make_contiguous()[..n]);
         let mut stored: HashMap<(Uuid, i64), Vec<u8>> = HashMap::new();
         for (id, (lowest, highest)) in ranges {
             let events = self
@@ -683,13 +676,13 @@ impl Writer {
         }
         // Which of the front blocks the store holds, decided before anything is removed: on a
         // mismatch the backlog stays whole.
-        let mut held_blocks = 0;
+        let mut held = Vec::with_capacity(n);
         for block in self.backlog.iter().take(n) {
             let id = block.session_id();
-            let mut held = 0;
+            let mut events = 0;
             for (seq, hash) in (block.first_seq()..).zip(block.hashes()) {
                 match stored.get(&(id, seq)) {
-                    Some(same) if same == hash => held += 1,
+                    Some(same) if same == hash => events += 1,
                     Some(_) => {
                         error!(session = %id, seq, "the store holds a different event under this seq");
                         return Err(format!(
@@ -699,23 +692,21 @@ impl Writer {
                     None => {}
                 }
             }
-            if held == block.len() {
-                held_blocks += 1;
-            } else if held > 0 {
+            if events != 0 && events != block.len() {
                 return Err(format!(
                     "the store holds part of a block of {id} (seq {} to {})",
                     block.first_seq(),
                     block.last_seq()
                 ));
             }
+            held.push(events != 0);
         }
-        let mut kept = VecDeque::with_capacity(self.backlog.len() - held_blocks);
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
         let mut dropped = 0;
         for (i, block) in self.backlog.drain(..).enumerate() {
-            let id = block.session_id();
-            if i < n && stored.contains_key(&(id, block.first_seq())) {
+            if held.get(i) == Some(&true) {
                 dropped += block.len();
-                if let Some(recording) = self.recordings.get(&id) {
+                if let Some(recording) = self.recordings.get(&block.session_id()) {
                     recording.progress.advance(block.last_seq() as u64 + 1);
                 }
             } else {

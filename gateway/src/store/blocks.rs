@@ -337,7 +337,7 @@ pub(super) fn event_label(event: &StoredEvent) -> String {
 }
 
 /// Each session of a batch with the lowest and highest seq the batch holds for it.
-pub(super) fn seq_ranges(blocks: &[EventBlock]) -> HashMap<Uuid, (i64, i64)> {
+pub fn seq_ranges(blocks: &[EventBlock]) -> HashMap<Uuid, (i64, i64)> {
     let mut ranges = HashMap::new();
     for block in blocks.iter().filter(|b| !b.is_empty()) {
         let (lowest, highest) = ranges

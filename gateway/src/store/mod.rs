@@ -6,7 +6,7 @@
 //! (`tests/tests/store.rs`) runs against both.
 
 mod blocks;
-pub use blocks::{EventBlock, MAX_BLOCK_BODY_BYTES, MAX_BLOCK_EVENTS, Unstorable};
+pub use blocks::{EventBlock, MAX_BLOCK_BODY_BYTES, MAX_BLOCK_EVENTS, Unstorable, seq_ranges};
 pub mod cancel;
 pub mod console;
 pub mod models;
